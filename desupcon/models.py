@@ -1,0 +1,86 @@
+"""CIFAR ResNets on torchvision's ResNet, and the wrapper every student and teacher uses.
+
+``ModelWrapper(num_classes, arch)`` returns ``(features, projections, logits)``: backbone
+features, L2-normalised projections (64-d by default) and classifier logits.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
+
+_ARCHS = {"resnet18": (BasicBlock, [2, 2, 2, 2]), "resnet50": (Bottleneck, [3, 4, 6, 3])}
+
+
+class CifarResNet(ResNet):
+    """torchvision ResNet with a 3x3 stride-1 stem and no max-pool, for 32x32 (or smaller) images.
+
+    Args:
+        arch: "resnet18" or "resnet50".
+        width: channels of the first stage (64 = the standard network; stages use width x 1, 2, 4, 8).
+    The classifier ``fc`` is an identity: ``forward`` returns pooled features ``(B, feature_dim)``.
+    """
+
+    def __init__(self, arch: str = "resnet18", width: int = 64):
+        if arch not in _ARCHS:
+            raise ValueError(f"unknown architecture '{arch}': choose one of {sorted(_ARCHS)}")
+        block, layers = _ARCHS[arch]
+        nn.Module.__init__(self)  # ResNet.__init__ hard-codes width 64 and the ImageNet stem
+        self._norm_layer, self.dilation, self.groups, self.base_width = nn.BatchNorm2d, 1, 1, 64
+        self.inplanes = width
+        self.conv1 = nn.Conv2d(3, width, kernel_size=3, stride=1, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.Identity()
+        self.layer1 = self._make_layer(block, width, layers[0])
+        self.layer2 = self._make_layer(block, width * 2, layers[1], stride=2)
+        self.layer3 = self._make_layer(block, width * 4, layers[2], stride=2)
+        self.layer4 = self._make_layer(block, width * 8, layers[3], stride=2)
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Identity()
+        self.feature_dim = width * 8 * block.expansion
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+
+class ModelWrapper(nn.Module):
+    """Backbone + projection head + linear classifier.
+
+    Args:
+        num_classes: classifier outputs.
+        arch: "resnet18" or "resnet50".
+        width: first-stage channels of the backbone (64 = standard).
+        proj_dim: projection dimension (64).
+        projection: "mlp" (Linear-ReLU-Linear, SupCon style, for students) or "linear" (the teacher's
+            cosine projection head ``feature_dim -> proj_dim``).
+    ``forward(x)`` returns ``(features (B, F), projections (B, proj_dim) L2-normalised, logits (B, classes))``.
+    """
+
+    def __init__(self, num_classes: int, arch: str = "resnet18", width: int = 64, proj_dim: int = 64,
+                 projection: str = "mlp"):
+        super().__init__()
+        self.backbone = CifarResNet(arch, width)
+        dim = self.backbone.feature_dim
+        if projection == "mlp":
+            self.head = nn.Sequential(nn.Linear(dim, dim), nn.ReLU(inplace=True), nn.Linear(dim, proj_dim))
+        elif projection == "linear":
+            self.head = nn.Linear(dim, proj_dim)
+        else:
+            raise ValueError(f"unknown projection '{projection}': choose 'mlp' or 'linear'")
+        self.classifier = nn.Linear(dim, num_classes)
+
+    def project(self, features: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.head(features), dim=1)
+
+    def forward(self, x: torch.Tensor):
+        features = self.backbone(x)  # (B, F)
+        return features, self.project(features), self.classifier(features)
+
+
+def build_model(cfg, num_classes: int) -> ModelWrapper:
+    """The network of a run: teachers get the linear cosine head, students the MLP head."""
+    projection = "mlp" if cfg.role == "student" else "linear"
+    return ModelWrapper(num_classes, cfg.arch, cfg.width, cfg.proj_dim, projection)

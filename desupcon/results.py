@@ -1,0 +1,54 @@
+"""Per-run summaries (mean and std over seeds) and the comprehensive results file.
+
+``json_results/comprehensive_results_<arch>_<dataset>.json`` maps each run name to its summary:
+config, seeds, per-seed results, and the mean and std of every metric (test/train accuracy, gap,
+k-NN, alignment, uniformity, class distances).
+"""
+
+from __future__ import annotations
+
+import statistics
+
+from .config import RunConfig
+from .runs import atomic_write_json, checkpoint_path, log_path, output_root, read_json
+
+
+def summarize(cfg: RunConfig, runs: list[dict]) -> dict:
+    """Mean and (sample) std over seeds of every numeric result; std is 0.0 for a single seed."""
+    keys = [k for k, v in runs[0].items() if isinstance(v, (int, float))]
+    mean = {k: statistics.fmean(r[k] for r in runs) for k in keys}
+    std = {k: statistics.stdev(r[k] for r in runs) if len(runs) > 1 else 0.0 for k in keys}
+    return {"name": cfg.name, "role": cfg.role, "method": cfg.method, "config": cfg.to_dict(),
+            "seeds": list(cfg.seeds), "runs": runs, "mean": mean, "std": std,
+            "checkpoints": [str(checkpoint_path(cfg.run_name(s))) for s in cfg.seeds],
+            "logs": [str(log_path(cfg.run_name(s))) for s in cfg.seeds]}
+
+
+def comprehensive_path(arch: str, dataset: str):
+    return output_root() / "json_results" / f"comprehensive_results_{arch}_{dataset}.json"
+
+
+def record(summary: dict) -> None:
+    """Add or replace ``summary`` in the comprehensive results of its architecture and dataset."""
+    cfg = summary["config"]
+    path = comprehensive_path(cfg["arch"], cfg["dataset"])
+    everything = read_json(path) if path.exists() else {}
+    everything[summary["name"]] = summary
+    atomic_write_json(everything, path)
+
+
+def load_results(arch: str, dataset: str) -> dict:
+    """All recorded summaries of ``arch`` on ``dataset`` (empty if none was recorded yet)."""
+    path = comprehensive_path(arch, dataset)
+    return read_json(path) if path.exists() else {}
+
+
+def table(summaries: list[dict], metrics=("test_acc", "train_acc", "gap", "alignment", "uniformity")) -> str:
+    """A Markdown table of ``name | metric (mean ± std) ...``."""
+    head = "| run | " + " | ".join(metrics) + " |\n|---|" + "---|" * len(metrics) + "\n"
+    rows = []
+    for s in summaries:
+        cells = [f"{s['mean'][m]:.4g} ± {s['std'][m]:.2g}" if len(s["seeds"]) > 1 else f"{s['mean'][m]:.4g}"
+                 for m in metrics]
+        rows.append(f"| {s['name']} | " + " | ".join(cells) + " |")
+    return head + "\n".join(rows)

@@ -1,0 +1,155 @@
+"""desupcon.plots writes the right kind of file; the hypersphere HTML is offline, small and complete."""
+
+import json
+import re
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pytest
+import torch
+
+from desupcon.plots import (
+    _hypersphere_figure,
+    plot_accuracy_vs_epoch,
+    plot_alignment,
+    plot_alignment_uniformity,
+    plot_hypersphere,
+    plot_tsne,
+    plot_training_curves,
+)
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _clusters(num_classes, per_class, dim=64, seed=0):
+    """Gaussian clusters, one per class: embeddings (N, dim) and labels (N,)."""
+    rng = np.random.default_rng(seed)
+    labels = np.repeat(np.arange(num_classes), per_class)
+    centres = rng.normal(size=(num_classes, dim))
+    return (centres[labels] + 0.4 * rng.normal(size=(len(labels), dim))).astype(np.float32), labels
+
+
+def _assert_png(path):
+    assert path.read_bytes()[:8] == PNG_MAGIC
+    assert path.stat().st_size > 1000
+
+
+def _traces_in_html(path):
+    """The figure's trace list, parsed from the Plotly.newPlot call in the HTML."""
+    html = path.read_text()
+    start = html.index("Plotly.newPlot(")
+    data_start = html.index("[", start)
+    data, _ = json.JSONDecoder().raw_decode(html[data_start:])
+    return data
+
+
+def test_plot_tsne_writes_png_from_tensors(tmp_path):
+    x, labels = _clusters(25, 12)
+    target = tmp_path / "sub" / "tsne_run.png"
+    path = plot_tsne(torch.from_numpy(x), torch.from_numpy(labels), target, max_points=200)
+    assert path == target
+    _assert_png(path)
+    assert plt.get_fignums() == []
+
+
+def test_plot_alignment_writes_png(tmp_path):
+    x, labels = _clusters(30, 10)
+    z2 = x + 0.1 * np.random.default_rng(1).normal(size=x.shape)
+    _assert_png(plot_alignment(x, z2, labels, tmp_path / "run_alignment.png", title="run"))
+
+
+def test_plot_training_curves_writes_png(tmp_path):
+    def log(scale):
+        epochs = range(1, 6)
+        return [{"epoch": e, "loss": scale / e, "train_acc": 9 * e, "lr": 0.1, "seconds": 2} for e in epochs]
+
+    path = plot_training_curves({"supcon": log(1), "lw_supcrd": log(2)}, str(tmp_path / "curves.png"))
+    _assert_png(path)
+    _assert_png(plot_training_curves({"supcon": log(1)}, tmp_path / "lr.png", metrics=("lr",)))
+
+
+def test_plot_alignment_uniformity_with_reference(tmp_path):
+    results = [
+        {"name": "lw_supcrd", "alignment": 0.83, "uniformity": -3.5, "test_acc": 75.6},
+        {"name": "supcon", "alignment": 0.44, "uniformity": -2.6, "test_acc": 69.1},
+    ]
+    reference = [{"name": "LW-SupCRD + Bank", "alignment": 0.8336, "uniformity": -3.5073, "test_acc": 75.63}]
+    _assert_png(plot_alignment_uniformity(results, tmp_path / "au.png", reference=reference))
+    _assert_png(plot_alignment_uniformity(results[:1], tmp_path / "au_single.png"))
+
+
+def test_plot_accuracy_vs_epoch_skips_missing_values(tmp_path):
+    points = [
+        {"epoch": 100, "knn_top1": 40.0, "linear_top1": 45.0, "linear_top5": 72.0},
+        {"epoch": 50, "knn_top1": 30.0, "linear_top1": None, "linear_top5": None},
+    ]
+    _assert_png(plot_accuracy_vs_epoch(points, tmp_path / "acc.png", title="MoCo-v3 ViT-S"))
+
+
+def test_hypersphere_figure_has_two_scenes_and_one_trace_per_class(tmp_path):
+    x, labels = _clusters(15, 20)
+    fig = _hypersphere_figure(x, labels, num_random_classes=10, seed=3)
+    assert len(fig.data) == 15 + 10 + 2
+    assert {trace.scene for trace in fig.data} == {"scene", "scene2"}
+    assert [a.text for a in fig.layout.annotations] == ["All classes", "10 random classes"]
+    points = [t for t in fig.data if t.mode == "markers"]
+    first, second = points[:15], points[15:]
+    assert all(t.showlegend for t in first) and not any(t.showlegend for t in second)
+    colours = {t.legendgroup: t.marker.color for t in first}
+    assert all(colours[t.legendgroup] == t.marker.color for t in second)
+    xyz = np.concatenate([np.stack([t.x, t.y, t.z], axis=1) for t in first])  # (N, 3)
+    np.testing.assert_allclose(np.linalg.norm(xyz, axis=1), 1.0, atol=1e-3)
+
+
+def test_hypersphere_random_classes_follow_the_seed():
+    x, labels = _clusters(30, 5)
+
+    def subset(seed):
+        fig = _hypersphere_figure(x, labels, seed=seed)
+        return [t.name for t in fig.data if t.mode == "markers" and t.scene == "scene2"]
+
+    assert subset(0) == subset(0)
+    assert subset(0) != subset(1)
+
+
+def test_hypersphere_uses_class_names_and_distinct_colours_beyond_twenty_classes():
+    x, labels = _clusters(40, 3)
+    names = [f"class-{c}" for c in range(40)]
+    fig = _hypersphere_figure(x, labels, class_names=names)
+    first = [t for t in fig.data if t.mode == "markers" and t.scene == "scene"]
+    assert [t.name for t in first] == names
+    assert len({t.marker.color for t in first}) == 40
+
+
+def test_hypersphere_html_is_offline_small_and_shares_plotly_js(tmp_path):
+    x, labels = _clusters(100, 20)
+    first = plot_hypersphere(x, labels, tmp_path / "plots" / "a_hypersphere.html")
+    second = plot_hypersphere(x, labels, tmp_path / "plots" / "b_hypersphere.html", seed=1)
+    written = sorted(p.name for p in first.parent.iterdir())
+    assert written == ["a_hypersphere.html", "b_hypersphere.html", "plotly.min.js"]
+    html = first.read_text()
+    size, js_size = first.stat().st_size, (first.parent / "plotly.min.js").stat().st_size
+    print(f"hypersphere HTML for 2000 points: {size / 1024:.1f} KiB; plotly.min.js: {js_size / 1024:.0f} KiB")
+    assert size < 1_000_000
+    assert "cdn.plot.ly" not in html and not re.search(r"src=\"https?:", html)
+    assert '<script charset="utf-8" src="plotly.min.js"></script>' in html
+    assert 'id="a_hypersphere"' in html
+    traces = _traces_in_html(second)
+    assert len(traces) == 100 + 10 + 2
+    assert sum(t["mode"] == "markers" for t in traces) == 110
+
+
+@pytest.mark.parametrize(
+    "call, argument",
+    [
+        (lambda p: plot_tsne(np.zeros((10, 4)), np.zeros(9), p / "t.png"), "labels"),
+        (lambda p: plot_hypersphere(np.zeros((10, 2)), np.zeros(10), p / "h.html"), "dimensions"),
+        (lambda p: plot_alignment(np.ones((9, 4)), np.ones((9, 5)), np.zeros(9), p / "a.png"), "z1 and z2"),
+        (lambda p: plot_training_curves({"run": [{"epoch": 1}]}, p / "c.png"), "metric 'loss'"),
+        (lambda p: plot_alignment_uniformity([], p / "au.png"), "results"),
+        (lambda p: plot_accuracy_vs_epoch([], p / "acc.png"), "points"),
+    ],
+)
+def test_bad_input_raises_value_error(tmp_path, call, argument):
+    with pytest.raises(ValueError, match=argument):
+        call(tmp_path)
