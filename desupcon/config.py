@@ -19,6 +19,7 @@ ARCHS = ("resnet18", "resnet50")
 DATASETS = ("digits", "cifar10", "cifar100", "stl10")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 AUGMENTATIONS = ("standard", "supcon", "moco", "satellite", "none")
+DEFAULT_SEED = 42
 
 
 class ConfigError(ValueError):
@@ -70,7 +71,7 @@ class RunConfig:
     weight_decay: float = 1e-4
     sgd_momentum: float = 0.9
     warmup_epochs: int = 0
-    seeds: tuple[int, ...] = (42,)
+    seeds: tuple[int, ...] = (DEFAULT_SEED,)
     temperature: float = 0.07
     alpha: float = 1.0
     beta: float = 10.0
@@ -119,8 +120,9 @@ class RunConfig:
         return dataclasses.replace(self, seeds=(seed,))
 
     def run_name(self, seed: int) -> str:
-        """File stem of one seed's run: the plain name for the first seed, ``_seed<s>`` after."""
-        return self.name if seed == self.seeds[0] else f"{self.name}_seed{seed}"
+        """File stem of one seed's run: the plain name for ``DEFAULT_SEED`` (the seed study's 42,
+        so its file names are kept), ``<name>_seed<s>`` for any other seed."""
+        return self.name if seed == DEFAULT_SEED else f"{self.name}_seed{seed}"
 
     def replace(self, **changes: Any) -> "RunConfig":
         """A copy with ``changes`` applied and validated; unknown fields raise ``ConfigError``."""
@@ -137,7 +139,7 @@ class RunConfig:
         d = dict(d)
         if d.get("teacher") is not None:
             d["teacher"] = cls.from_dict(d["teacher"])
-        d["seeds"] = tuple(d.get("seeds", (42,)))
+        d["seeds"] = tuple(d.get("seeds", (DEFAULT_SEED,)))
         unknown = sorted(set(d) - set(field_names()))
         if unknown:
             raise ConfigError(f"unknown config field(s) {unknown}; valid fields: {field_names()}")

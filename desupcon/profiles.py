@@ -78,7 +78,7 @@ class Profile:
 PROFILES = {
     "smoke": Profile(
         name="smoke", dataset="digits", teacher_arch="resnet50", student_arch="resnet18",
-        teacher_width=8, student_width=16, batch_size=64,
+        teacher_width=16, student_width=16, batch_size=64,
         teacher_epochs=12, teacher_optimizer="adam", teacher_lr=2e-3, teacher_weight_decay=1e-4,
         projection_epochs=3, student_epochs=8, student_lr=2e-3, student_weight_decay=1e-4,
         bank_k=512, knn_k=20, probe_epochs=60, seeds=(42,), headline_seeds=(42, 43),

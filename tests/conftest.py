@@ -1,0 +1,31 @@
+"""Shared test setup: artefacts go to a temporary DESUPCON_HOME, never into the repository."""
+
+import os
+
+import pytest
+import torch
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture(autouse=True)
+def home(tmp_path, monkeypatch):
+    """Each test writes checkpoints, logs and plots under its own temporary output root."""
+    root = tmp_path / "home"
+    monkeypatch.setenv("DESUPCON_HOME", str(root))
+    return root
+
+
+@pytest.fixture(scope="session")
+def smoke_home(tmp_path_factory):
+    """An output root where the smoke teacher and its projection head are trained once per session."""
+    from desupcon.profiles import PROFILES
+    from desupcon.train import train
+
+    root = tmp_path_factory.mktemp("smoke_home")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DESUPCON_HOME", str(root))
+        profile = PROFILES["smoke"]
+        train(profile.teacher_config(), plots=False)
+        train(profile.projection_config(), plots=False)
+    return root

@@ -1,0 +1,40 @@
+"""The command line: bad input exits with one line naming the field or the fix."""
+
+import subprocess
+import sys
+import urllib.error
+
+import pytest
+
+from desupcon.__main__ import main
+from desupcon.data import DatasetUnavailableError, load_dataset
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["train", "teacher", "--profile", "huge"], "unknown profile 'huge'"),
+    (["train", "teacher", "--profile", "smoke", "--set", "arch=resnet34"], "'arch' = 'resnet34': must be one of"),
+    (["train", "undistilled", "--profile", "smoke", "--set", "lr=-0.001"], "'lr' = -0.001: must be > 0"),
+    (["train", "simclr", "--profile", "smoke"], "unknown run 'simclr'"),
+])
+def test_bad_input_is_one_line_naming_the_field(argv, message, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and message in err and "\n" not in err
+
+
+def test_missing_dataset_without_network(monkeypatch, tmp_path, capsys):
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("network unreachable")
+
+    monkeypatch.setenv("DESUPCON_DATA", str(tmp_path / "data"))
+    monkeypatch.setattr("torchvision.datasets.cifar.download_and_extract_archive", offline)
+    with pytest.raises(DatasetUnavailableError, match="could not be downloaded .*set DESUPCON_DATA.*DESUPCON_PROFILE=smoke"):
+        load_dataset("cifar100", train=True)
+    assert main(["train", "teacher", "--profile", "cifar100"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "dataset 'cifar100' is not in" in err and "\n" not in err
+
+
+def test_module_entry_point_runs():
+    out = subprocess.run([sys.executable, "-m", "desupcon", "--help"], capture_output=True, text=True, check=True)
+    assert "reproduce" in out.stdout and "train" in out.stdout
