@@ -93,13 +93,23 @@ def load_model(cfg: RunConfig, seed: int | None = None, device="cpu") -> ModelWr
     return model.to(device).eval()
 
 
-class _Trainer:
-    """State and step of one single-seed run."""
+class Trainer:
+    """State and step of one single-seed run.
 
-    def __init__(self, cfg: RunConfig, data: Data, device, teacher: ModelWrapper | None):
-        self.cfg, self.data, self.device = cfg, data, device
+    Args:
+        cfg: the run's single-seed config.
+        data: train/test splits on ``device``.
+        device: training device.
+        teacher: the trained teacher (with projection head) for runs that use one, else None.
+        fast: bf16 autocast + channels_last (default: on CUDA only); the maths is the same in fp32.
+    """
+
+    def __init__(self, cfg: RunConfig, data: Data, device, teacher: ModelWrapper | None, fast: bool | None = None):
+        self.cfg, self.data, self.device = cfg, data, torch.device(device)
+        self.fast = self.device.type == "cuda" if fast is None else fast
         seed = cfg.seeds[0]
         torch.manual_seed(seed)
+        torch.backends.cudnn.benchmark = True
         self.order_gen = torch.Generator(device=device).manual_seed(seed)  # same on every rank
         self.aug_gen = torch.Generator(device=device).manual_seed(seed + 1000003 * (dist.rank() + 1))
         self.model = build_model(cfg, data.train.num_classes).to(device)
@@ -111,7 +121,7 @@ class _Trainer:
         elif teacher is not None:  # frozen teacher backbone (eval mode); its projection head adapts
             self.teacher = copy.deepcopy(teacher).eval().requires_grad_(False)
             self.teacher.head.requires_grad_(cfg.method != "kd")
-        if device.type == "cuda":
+        if self.fast:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.bank = None
         if cfg.bank_k:
@@ -129,7 +139,7 @@ class _Trainer:
         if dist.is_distributed():
             from torch.nn.parallel import DistributedDataParallel
             self.ddp = DistributedDataParallel(self.model)
-        self.forward = torch.compile(self.ddp) if cfg.compile and device.type == "cuda" else self.ddp
+        self.forward = torch.compile(self.ddp) if cfg.compile and self.device.type == "cuda" else self.ddp
 
     @torch.no_grad()
     def _fill_bank(self):
@@ -165,7 +175,7 @@ class _Trainer:
         cfg1, cfg2 = PRESETS[self.cfg.augment]
         mean, std = self.data.train.mean, self.data.train.std
         x1, x2 = (augment(images, c, mean, std, self.aug_gen) for c in (cfg1, cfg2))
-        if self.device.type == "cuda":
+        if self.fast:
             x1, x2 = x1.contiguous(memory_format=torch.channels_last), x2.contiguous(memory_format=torch.channels_last)
         return x1, x2
 
@@ -211,6 +221,16 @@ class _Trainer:
             lw = hybrid_loss(supcon_loss(z_all, y_all, cfg.temperature), lw, cfg.hybrid_lambda)
         return lw + probe_ce, logits
 
+    def step(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One optimisation step on the images ``idx``; returns the detached loss and logits (no sync)."""
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.fast):
+            loss, logits = self.loss(idx)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.scheduler.step()
+        return loss.detach(), logits.detach()
+
     def epoch(self, epoch: int, run_name: str, bar) -> dict:
         """One epoch; returns its log entry. Losses stay on the device until the end of the epoch."""
         cfg, start = self.cfg, time.time()
@@ -223,14 +243,9 @@ class _Trainer:
         for step in range(self.steps_per_epoch):
             base = step * per_rank * dist.world_size() + dist.rank() * per_rank
             idx = order[base:base + per_rank]
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
-                loss, logits = self.loss(idx)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
-            self.scheduler.step()
-            losses[step] = loss.detach()
-            correct += (logits.detach().argmax(dim=1) == self.data.train.labels[idx]).sum()
+            loss, logits = self.step(idx)
+            losses[step] = loss
+            correct += (logits.argmax(dim=1) == self.data.train.labels[idx]).sum()
             if (step + 1) % check_every == 0 or step + 1 == self.steps_per_epoch:
                 _check_finite(losses[:step + 1], epoch, run_name)
             bar.update(1)
@@ -274,7 +289,7 @@ def _train_seed(cfg: RunConfig, run_name: str, data: Data, device, force_retrain
         if dist.is_main():
             print(f"[cache] {run_name}: loaded {path}")
         return ckpt["results"]
-    trainer = _Trainer(cfg, data, device, teacher)
+    trainer = Trainer(cfg, data, device, teacher)
     history = []
     if ckpt is not None:
         trainer.load_state_dict(ckpt)
