@@ -43,12 +43,33 @@ def load_results(arch: str, dataset: str) -> dict:
     return read_json(path) if path.exists() else {}
 
 
-def table(summaries: list[dict], metrics=("test_acc", "train_acc", "gap", "alignment", "uniformity")) -> str:
-    """A Markdown table of ``name | metric (mean ± std) ...``."""
-    head = "| run | " + " | ".join(metrics) + " |\n|---|" + "---|" * len(metrics) + "\n"
-    rows = []
+def _cell(summary: dict, metric: str) -> str:
+    mean, std = summary["mean"].get(metric), summary["std"].get(metric, 0.0)
+    if mean is None:
+        return "-"
+    return f"{mean:.4g} ± {std:.2g}" if len(summary["seeds"]) > 1 else f"{mean:.4g}"
+
+
+def table(summaries: list[dict], metrics=("test_acc", "train_acc", "gap", "alignment", "uniformity"),
+          seed_columns: bool = True) -> str:
+    """A Markdown table, one row per run: ``metric (mean ± std over seeds)`` and ``Δ vs SupCon``.
+
+    With ``seed_columns`` the seed's published CIFAR-100 numbers for the same configuration are
+    added in columns headed "seed (published)" (blank where the seed has no such run).
+    """
+    from .seed_results import seed_reference
+
+    supcon = next((s for s in summaries if s["method"] == "supcon" and s["role"] == "student"), None)
+    head = ["run", "seeds", *metrics, "Δ vs SupCon"]
+    seed_metrics = ("test_acc", "alignment", "uniformity")
+    if seed_columns:
+        head += [f"seed (published) {m}" for m in seed_metrics]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for s in summaries:
-        cells = [f"{s['mean'][m]:.4g} ± {s['std'][m]:.2g}" if len(s["seeds"]) > 1 else f"{s['mean'][m]:.4g}"
-                 for m in metrics]
-        rows.append(f"| {s['name']} | " + " | ".join(cells) + " |")
-    return head + "\n".join(rows)
+        delta = f"{s['mean']['test_acc'] - supcon['mean']['test_acc']:+.2f}" if supcon else "-"
+        cells = [s["name"], str(len(s["seeds"])), *(_cell(s, m) for m in metrics), delta]
+        if seed_columns:
+            ref = seed_reference(s["config"]) or {}
+            cells += [f"{ref[m]:.4g}" if m in ref else "" for m in seed_metrics]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
