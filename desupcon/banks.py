@@ -8,6 +8,8 @@ embeddings from all ranks before writing them.
 
 import torch
 import torch.nn.functional as F
+
+from .checks import require, require_in_range
 from torch import nn
 
 
@@ -29,13 +31,7 @@ def _check_shape(name, x, shape):
 def _check_slots(name, indices, num_slots):
     """Check that ``indices`` is a 1-D integer tensor of slot ids in [0, num_slots)."""
     _check_shape(name, indices, (None,))
-    if indices.is_floating_point() or indices.dtype == torch.bool:
-        raise ValueError(f"{name} must hold integer slot ids, got dtype {indices.dtype}")
-    if ((indices < 0) | (indices >= num_slots)).any():
-        raise ValueError(
-            f"{name} must lie in [0, {num_slots}), "
-            f"got values in [{int(indices.min())}, {int(indices.max())}]"
-        )
+    require_in_range(name, indices, num_slots, what="slot ids")
 
 
 class MomentumMemoryBank(nn.Module):
@@ -117,12 +113,10 @@ class MomentumMemoryBank(nn.Module):
         if exclude is not None:
             _check_slots("exclude", exclude, num_entries)
             scores[exclude.to(scores.device)] = float("inf")
-        num_free = int(torch.isfinite(scores).sum())
-        if not 0 <= k <= num_free:
-            raise ValueError(
-                f"k must lie in [0, {num_free}] (the {num_entries} slots minus the "
-                f"{num_entries - num_free} excluded ones), got {k}"
-            )
+        if k < 0:
+            raise ValueError(f"k must be >= 0, got {k}")
+        num_free = torch.isfinite(scores).sum()
+        require(num_free >= k, f"k={k} exceeds the free slots (the {num_entries} slots minus the excluded ones)")
         indices = scores.topk(k, largest=False).indices  # (k,)
         return self.feats[indices], self.labels[indices], indices
 

@@ -15,6 +15,8 @@ import functools
 import torch
 import torch.nn.functional as F
 
+from .checks import require_in_range
+
 # Floor of the LW-SupCRD weights before their log (see lw_supcrd_loss).
 _TINY = torch.finfo(torch.float32).tiny
 
@@ -68,18 +70,6 @@ def _check_positive(**values):
     for name, value in values.items():
         if not value > 0:
             raise ValueError(f"{name} must be > 0, got {value}")
-
-
-def _check_labels(num_classes, **labels):
-    """Check that every labels tensor holds integer class ids in [0, num_classes)."""
-    for name, y in labels.items():
-        if y.is_floating_point() or y.dtype == torch.bool:
-            raise ValueError(f"{name} must hold integer class ids, got dtype {y.dtype}")
-        if ((y < 0) | (y >= num_classes)).any():
-            raise ValueError(
-                f"{name} must lie in [0, {num_classes}) to index teacher_probs, "
-                f"got values in [{int(y.min())}, {int(y.max())}]"
-            )
 
 
 def _mean_over_positives(log_prob, pos):
@@ -221,7 +211,8 @@ def lw_supcrd_loss(
         raise ValueError(f"beta must be >= 0, got {beta}")
     if in_batch_keys is not None and not 0 <= in_batch_keys <= sizes["M"]:
         raise ValueError(f"in_batch_keys must lie in [0, M={sizes['M']}], got {in_batch_keys}")
-    _check_labels(sizes["C"], labels_s=labels_s, labels_t=labels_t)
+    for name, y in (("labels_s", labels_s), ("labels_t", labels_t)):
+        require_in_range(name, y, sizes["C"], what="class ids indexing teacher_probs")
     labels_s, labels_t = labels_s.long(), labels_t.long()
 
     logits = z_s @ z_t.T / temperature  # (N, M)

@@ -81,10 +81,12 @@ def test_sample_can_take_every_free_slot_and_no_more():
     exclude = torch.tensor([1, 1, 2, 5])  # the repeated 1 counts once: 17 free slots
     _, _, idx = bank.sample(17, exclude=exclude)
     assert sorted(idx.tolist()) == sorted(set(range(20)) - {1, 2, 5})
-    with pytest.raises(ValueError, match=r"k must lie in \[0, 17\] .* got 18"):
+    with pytest.raises(ValueError, match=r"k=18 exceeds the free slots \(the 20 slots minus the excluded ones\)"):
         bank.sample(18, exclude=exclude)
-    with pytest.raises(ValueError, match=r"k must lie in \[0, 20\] .* got 21"):
+    with pytest.raises(ValueError, match=r"k=21 exceeds the free slots"):
         bank.sample(21)
+    with pytest.raises(ValueError, match=r"k must be >= 0"):
+        bank.sample(-1)
 
 
 def test_sample_is_reproducible_with_a_seeded_generator():
