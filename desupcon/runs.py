@@ -4,17 +4,32 @@ Layout under the output root (``$DESUPCON_HOME``, default: the repository):
 ``pth_models/<run>.pth`` (checkpoint), ``json_results/training_logs/<run>.json`` (per-epoch log),
 ``json_results/comprehensive_results_<arch>_<dataset>.json`` and ``plots/``.
 A checkpoint holds its run's config; it is reused only when that config equals the request.
+
+Every write is atomic (temp file in the same folder, fsync, rename): a file is its previous or its
+complete new version, never half written; a killed writer's temp file is removed by the next write
+of that file. Checkpoints load with ``weights_only=True`` only. ``update_json`` serialises
+read-modify-writes of a shared JSON file (the comprehensive results) across processes.
 """
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import json
 import math
 import os
+import pickle
+import re
+import socket
 import tempfile
 from pathlib import Path
 
 import torch
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks
+    fcntl = None
 
 from .config import RunConfig, config_diff
 
@@ -45,12 +60,71 @@ def plots_dir() -> Path:
     return output_root() / "plots"
 
 
+def _host() -> str:
+    """This machine's name as it appears in temp-file names (letters, digits and '-')."""
+    return re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname()) or "host"
+
+
+def _file_mode() -> int:
+    """The mode a plain ``open(path, "w")`` would give (``mkstemp`` alone gives 0o600)."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # e.g. PermissionError: it exists but belongs to someone else
+        return True
+    return True
+
+
+def _remove_dead_temp_files(path: Path) -> None:
+    """Delete temp files of ``path`` left by writers on this machine that were killed (SIGKILL, OOM).
+
+    A writer's temp file is ``.<name>.<host>-<pid>.<random>.tmp``; one whose process is gone would
+    otherwise stay forever (a checkpoint can be hundreds of MB). Live writers' files are kept.
+    """
+    if os.name != "posix":  # os.kill(pid, 0) is not a liveness probe elsewhere
+        return
+    pattern = re.compile(rf"^\.{re.escape(path.name)}\.{re.escape(_host())}-(\d+)\.[^.]+\.tmp$")
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        match = pattern.match(tmp.name)
+        if match and int(match.group(1)) != os.getpid() and not _pid_alive(int(match.group(1))):
+            tmp.unlink(missing_ok=True)
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename durable (best effort: not every file system can sync a directory)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 def _atomic(path: Path, write) -> Path:
-    """Write through ``write(file_object)`` to a temp file in the same folder, fsync, then rename."""
+    """Write through ``write(file_object)`` to a temp file in the same folder, fsync, then rename.
+
+    ``path`` is either its previous version or the complete new one, never half written: a write
+    that fails (full disk, exception) removes its temp file and leaves ``path`` as it was, and the
+    temp file of a writer that was killed outright is removed by the next write of ``path``.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    _remove_dead_temp_files(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{_host()}-{os.getpid()}.", suffix=".tmp")
     try:
+        if hasattr(os, "fchmod"):
+            os.fchmod(fd, _file_mode())
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
@@ -59,6 +133,7 @@ def _atomic(path: Path, write) -> Path:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    _fsync_dir(path.parent)
     return path
 
 
@@ -84,31 +159,93 @@ def atomic_write_json(obj, path) -> Path:
 
 
 def read_json(path) -> dict:
-    """Read a JSON artefact; a truncated or corrupted file raises ``CheckpointError`` naming it."""
+    """Read a JSON artefact; a truncated or corrupted file raises ``CheckpointError`` naming it.
+
+    The message says how to recover: a training log is rewritten when its run trains again; the
+    comprehensive results file is rebuilt as each run is trained or loaded from its checkpoint.
+    """
+    path = Path(path)
+    if path.name.startswith("comprehensive_results_"):
+        fix = ("move it aside (to recover other runs' numbers by hand) or delete it: it is rebuilt as each run "
+               "is trained or loaded from its checkpoint cache (desupcon.train.train(cfg) for each config)")
+    else:
+        fix = "delete it or restore it from a backup: its run rewrites it when it trains again"
     try:
-        return json.loads(Path(path).read_text())
-    except json.JSONDecodeError as err:
-        raise CheckpointError(f"{path} is not valid JSON ({err}); it was truncated or corrupted: delete it "
-                              f"(its run retrains or rewrites it) or restore it from a backup") from None
+        value = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{path} is not valid JSON ({type(err).__name__}: {err}); it was truncated or "
+                              f"corrupted: {fix}") from None
+    if not isinstance(value, dict):
+        raise CheckpointError(f"{path} holds a JSON {type(value).__name__}, not a JSON object; it was corrupted "
+                              f"or is not a desupcon artefact: {fix}")
+    return value
+
+
+@contextlib.contextmanager
+def _locked(path: Path):
+    """An exclusive lock on ``.<name>.lock`` beside ``path`` (POSIX ``flock``; no lock elsewhere)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(f".{path.name}.lock"), "a") as lock:
+        if fcntl is not None:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            if fcntl is not None:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def update_json(path, update) -> dict:
+    """Read-modify-write the JSON object at ``path`` under an exclusive lock and return it.
+
+    ``update(value) -> new value`` gets ``{}`` for a missing file. Concurrent writers (parallel
+    notebooks or sweep workers recording results) wait for each other instead of dropping each
+    other's entries; a corrupted file raises ``CheckpointError`` (``read_json``) and is left as it is.
+    """
+    path = Path(path)
+    with _locked(path):
+        value = update(read_json(path) if path.exists() else {})
+        atomic_write_json(value, path)
+    return value
+
+
+def _detail(err: BaseException) -> str:
+    """One short line from a loader error (torch's messages span lines and advise unsafe loads)."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    informative = [line for line in lines if re.search(r"GLOBAL|Unsupported|unsupported", line)]
+    text = (informative or lines or [""])[0]
+    text = text.split(". This is an internal miniz error")[0]
+    return f"{type(err).__name__}: {text[:200]}" if text else type(err).__name__
 
 
 def load_checkpoint(path) -> dict:
     """Load a desupcon checkpoint with ``weights_only=True`` (a pickle carrying code is refused).
 
-    Raises ``CheckpointError`` naming the file, what is wrong and how to recover.
+    Raises ``CheckpointError`` naming the file, what is wrong and how to recover; never runs code
+    from the file and never falls back to an unsafe load.
     """
     path = Path(path)
     fix = "retrain it with FORCE_RETRAIN=True (or --force-retrain), which replaces the file"
+    safe = "the safe loader (torch.load with weights_only=True)"
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise
+    except (IsADirectoryError, PermissionError) as err:
+        raise CheckpointError(f"checkpoint {path} cannot be read ({_detail(err)}); check the path and its "
+                              f"permissions") from None
     except Exception as err:
-        kind = "refused by the safe loader (it carries code or non-tensor objects)" \
-            if "weights_only" in str(err) or "Unsupported global" in str(err) else "truncated or corrupted"
-        raise CheckpointError(f"checkpoint {path} is {kind}: {type(err).__name__}: {str(err).splitlines()[0]}; "
-                              f"{fix}") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT or "config" not in ckpt:
+        detail = _detail(err)
+        if "GLOBAL" in detail or "global" in detail:  # the pickle imports a function or class: code
+            kind = (f"refused by {safe}: it carries code or non-tensor objects ({detail}), which a desupcon "
+                    f"checkpoint never does; do not load it with weights_only=False unless you made it yourself")
+        elif isinstance(err, pickle.UnpicklingError):
+            kind = (f"truncated or corrupted, or not a torch checkpoint: {safe} cannot parse it ({detail})")
+        else:
+            kind = f"truncated or corrupted ({detail})"
+        raise CheckpointError(f"checkpoint {path} is {kind}; {fix}") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT or not isinstance(ckpt.get("config"),
+                                                                                                dict):
         raise CheckpointError(f"checkpoint {path} is not a desupcon checkpoint (format {CHECKPOINT_FORMAT} with "
                               f"a stored config); {fix}")
     return ckpt
