@@ -30,13 +30,18 @@ def _config(profile, what: str, overrides: list[str]):
 
 
 def cmd_train(args) -> None:
+    """Train one run; under ``torchrun --nproc_per_node=N`` the N processes train it together (DDP)."""
+    from . import distributed
     from .profiles import resolve_profile
     from .train import train
 
+    distributed.init_from_env()
     profile, reason = resolve_profile(args.profile)
-    print(f"profile: {profile.name} ({reason})")
+    if distributed.is_main():
+        print(f"profile: {profile.name} ({reason})")
     summary = train(_config(profile, args.run, args.set), force_retrain=args.force_retrain)
-    _print_summary([summary])
+    if distributed.is_main():
+        _print_summary([summary])
 
 
 def cmd_study(args) -> None:
@@ -107,7 +112,8 @@ def cmd_evaluate_checkpoints(args) -> None:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m desupcon", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("train", help="train one run (or load it from the cache)")
+    p = sub.add_parser("train", help="train one run (or load it from the cache); on several GPUs: "
+                                     "torchrun --nproc_per_node=N -m desupcon train RUN (--set batch_size is global)")
     p.add_argument("run", help=f"one of {', '.join(RUNNABLE)}")
     p.add_argument("--profile", help="smoke, cifar100 or auto (default: $DESUPCON_PROFILE, then auto)")
     p.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE", help="config overrides, e.g. alpha=2")

@@ -1,0 +1,157 @@
+"""DDP with two processes equals one process on the concatenated batch.
+
+Two ranks each step on their half of a 16-image global batch; one process steps on all 16. For
+every method (contrastive ones with and without a memory bank), the mean of the ranks' losses
+equals the one-process loss, the DDP-averaged gradients of the student and of the adapting teacher
+head equal the one-process gradients, and the memory bank is the same on both ranks and in the one
+process. The real ``Trainer`` runs both; ``augment="none"`` gives both the same views. A resumed
+rank gets its own augmentation stream back from rank 0's checkpoint.
+
+On CPUs (gloo) the networks run in eval mode, whose BatchNorm is per image: PyTorch's SyncBatchNorm,
+which the Trainer uses under DDP, has no CPU kernel. With two GPUs (NCCL) they run in train mode and
+the comparison covers SyncBatchNorm too.
+"""
+
+import functools
+import os
+import socket
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from desupcon import distributed as dist
+from desupcon.models import ModelWrapper
+from desupcon.profiles import PROFILES
+from desupcon.train import Data, Trainer
+
+WORLD, BATCH, STEPS = 2, 16, 2  # BATCH is the global batch: BATCH // WORLD images per rank and step
+CASES = {  # name: (method, config changes)
+    "supcon": ("supcon", {}),
+    "crd": ("crd", {}),
+    "lw_supcrd": ("lw_supcrd", {}),
+    "hybrid": ("hybrid", {}),
+    "crd_bank": ("crd", {"bank_k": 64}),
+    "lw_supcrd_bank": ("lw_supcrd", {"bank_k": 64}),
+    "lw_supcrd_bank_allneg": ("lw_supcrd", {"bank_k": 64, "bank_positives": False}),
+    "projection": ("projection", {}),
+    "undistilled": ("undistilled", {}),
+    "kd": ("kd", {}),
+}
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    torch.cuda.device_count() < WORLD, reason=f"SyncBatchNorm under NCCL needs {WORLD} GPUs"))]
+
+
+def _config(method: str, **changes):
+    """A tiny run of ``method`` (width 4, 8-d projections) whose views are the unaugmented images."""
+    tiny = dict(width=4, proj_dim=8, batch_size=BATCH, augment="none", **changes)
+    if method == "projection":
+        return PROFILES["smoke"].projection_config().replace(arch="resnet18", **tiny)
+    return PROFILES["smoke"].student_config(method, **tiny)
+
+
+def _teacher(device) -> ModelWrapper:
+    """A random tiny teacher with a linear 8-d head (the comparison needs no trained one)."""
+    torch.manual_seed(0)
+    return ModelWrapper(10, "resnet18", width=4, proj_dim=8, projection="linear").to(device).eval()
+
+
+@functools.cache
+def _data(device: str) -> Data:
+    return Data.load("digits", device)
+
+
+def _batches(device: str) -> torch.Tensor:
+    """(STEPS, BATCH) dataset indices: the global batch of each step."""
+    order = torch.randperm(len(_data(device).train), generator=torch.Generator().manual_seed(0))
+    return order[:STEPS * BATCH].view(STEPS, BATCH).to(device)
+
+
+def _steps(method: str, changes: dict, device: str, batches: torch.Tensor) -> dict:
+    """``STEPS`` Trainer steps on this process's images ``batches`` (STEPS, B): losses, gradients, bank."""
+    trainer = Trainer(_config(method, **changes), _data(device), device, _teacher(device), fast=False)
+    trainer.model.train(device != "cpu")  # see the module docstring
+    named = list(trainer.model.named_parameters())
+    if trainer.teacher is not None:
+        named += [(f"teacher.head.{name}", p) for name, p in trainer.teacher.head.named_parameters()]
+    out = {"loss": [], "grads": []}
+    for idx in batches:
+        loss, _ = trainer.step(idx)
+        out["loss"].append(loss.cpu())
+        out["grads"].append({name: p.grad.cpu() for name, p in named if p.grad is not None})
+    out["bank"] = None if trainer.bank is None else trainer.bank.feats.cpu()
+    return out
+
+
+def _augmentation_streams(device: str, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """This rank's augmentation RNG state after a step, and the state a new Trainer resumes from rank 0's
+    checkpoint of it."""
+    trainer, resumed = (Trainer(_config("supcon"), _data(device), device, None, fast=False) for _ in range(2))
+    trainer.step(idx)
+    resumed.load_state_dict(dist.broadcast_object(trainer.state_dict()))
+    return trainer.aug_gen.get_state(), resumed.aug_gen.get_state()
+
+
+def _rank_main(rank: int, port: int, device_type: str, out_dir: str):
+    """One DDP rank, started the way torchrun starts it (environment variables + ``init_from_env``)."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
+                      WORLD_SIZE=str(WORLD))
+    torch.set_num_threads(1)
+    dist.init_from_env()
+    device = "cpu" if device_type == "cpu" else f"cuda:{rank}"
+    per_rank = BATCH // WORLD
+    batches = _batches(device)[:, rank * per_rank:(rank + 1) * per_rank]  # (STEPS, B/W)
+    results = {"cases": {name: _steps(method, changes, device, batches) for name, (method, changes) in CASES.items()},
+               "augmentation": _augmentation_streams(device, batches[0])}
+    torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Networks this small run fastest on one thread, which also leaves a core to each rank."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module", params=DEVICES)
+def ddp(request, tmp_path_factory):
+    """``(device type, [results of rank 0, results of rank 1])`` from one DDP launch (see ``_rank_main``)."""
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    out = tmp_path_factory.mktemp(f"ddp_{request.param}")
+    mp.spawn(_rank_main, args=(_free_port(), request.param, str(out)), nprocs=WORLD)
+    return request.param, [torch.load(out / f"rank{r}.pt") for r in range(WORLD)]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_ddp_step_equals_one_process_on_the_whole_batch(ddp, case):
+    device_type, ranks = ddp
+    device = "cpu" if device_type == "cpu" else "cuda:0"
+    single = _steps(*CASES[case], device, _batches(device))
+    ranks = [r["cases"][case] for r in ranks]
+    for step in range(STEPS):
+        torch.testing.assert_close(sum(r["loss"][step] for r in ranks) / WORLD, single["loss"][step],
+                                   rtol=1e-5, atol=1e-6)
+        for r in ranks:
+            assert r["grads"][step].keys() == single["grads"][step].keys()
+            for name, grad in single["grads"][step].items():
+                torch.testing.assert_close(r["grads"][step][name], grad, rtol=1e-4, atol=1e-5,
+                                           msg=lambda m: f"step {step + 1}, gradient of {name}: {m}")
+    if single["bank"] is not None:  # every rank drew the same slots and applied the whole batch's update
+        assert torch.equal(ranks[0]["bank"], ranks[1]["bank"])
+        torch.testing.assert_close(ranks[0]["bank"], single["bank"])
+
+
+def test_resume_gives_each_rank_its_augmentation_stream_back(ddp):
+    _, ranks = ddp
+    for r in ranks:
+        saved, resumed = r["augmentation"]
+        assert torch.equal(resumed, saved)
+    assert not torch.equal(ranks[0]["augmentation"][0], ranks[1]["augmentation"][0])  # distinct streams
