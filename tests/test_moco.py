@@ -1,0 +1,288 @@
+"""MoCo-v3 pretraining: config, model invariants, queue, resume, and a k-NN gain on the digits."""
+
+import dataclasses
+import re
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import yaml
+
+from desupcon import moco
+from desupcon.config import ConfigError
+from desupcon.runs import CHECKPOINT_FORMAT, StaleRunError, load_checkpoint, output_root
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+SMOKE = CONFIGS / "moco_v3_smoke.yaml"
+TINY_VIT = dict(num_layers=1, num_heads=2, hidden_dim=32, mlp_dim=64)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """One intra-op thread: on busy shared cores a second OpenMP thread waits for CPU time and slows
+    every small op of these tiny networks about tenfold."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def smoke_config(*overrides):
+    return moco.load_config(SMOKE, overrides)
+
+
+def tiny_model(*overrides):
+    torch.manual_seed(0)
+    return moco.build_model(smoke_config(*overrides))
+
+
+def tiny_vit_model():
+    cfg = dataclasses.replace(smoke_config().model, backbone="vit_small", patch_size=16)
+    torch.manual_seed(0)
+    backbone, dim = moco.build_backbone(cfg, 32, **TINY_VIT)
+    return moco.MoCoV3(backbone, dim, proj_layers=3, proj_hidden=32, proj_dim=16, pred_hidden=32)
+
+
+def views(n=8, size=16):
+    generator = torch.Generator().manual_seed(1)
+    return torch.randn(n, 3, size, size, generator=generator), torch.randn(n, 3, size, size, generator=generator)
+
+
+# --- model ---------------------------------------------------------------------------------------
+
+def test_momentum_update_equals_the_formula_parameter_by_parameter():
+    model = tiny_model()
+    with torch.no_grad():
+        for p in model.base_encoder.parameters():
+            p.add_(torch.randn_like(p))
+        for b in model.base_encoder.buffers():
+            b.add_(1)
+    before_k = [p.clone() for p in model.momentum_encoder.parameters()]
+    params_q = list(model.base_encoder.parameters())
+    model._update_momentum_encoder(0.9)
+    for p_k, old, p_q in zip(model.momentum_encoder.parameters(), before_k, params_q, strict=True):
+        torch.testing.assert_close(p_k, 0.9 * old + 0.1 * p_q, rtol=0, atol=1e-6)
+    for b_k, b_q in zip(model.momentum_encoder.buffers(), model.base_encoder.buffers(), strict=True):
+        assert torch.equal(b_k, b_q)
+
+
+def test_key_encoder_gets_no_gradient():
+    model = tiny_model()
+    model(*views(), m=0.99).backward()
+    assert all(not p.requires_grad and p.grad is None for p in model.momentum_encoder.parameters())
+    assert all(p.grad is not None for p in model.base_encoder.parameters())
+    assert all(p.grad is not None for p in model.predictor.parameters())
+
+
+def test_vit_patch_projection_stays_frozen_after_optimizer_steps(capsys):
+    model = tiny_vit_model()
+    assert "✓ Froze ViT patch projection layer (conv_proj)" in capsys.readouterr().out
+    conv = model.base_encoder.backbone.conv_proj
+    frozen = [p.clone() for p in conv.parameters()]
+    others = [p.clone() for p in model.base_encoder.backbone.encoder.parameters()]
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)
+    for _ in range(3):
+        loss = model(*views(4, 32), m=0.99)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert all(not p.requires_grad and p.grad is None for p in conv.parameters())
+    assert all(torch.equal(p, old) for p, old in zip(conv.parameters(), frozen))
+    assert not all(torch.equal(p, old) for p, old in zip(model.base_encoder.backbone.encoder.parameters(), others))
+
+
+def test_missing_patch_projection_raises(monkeypatch):
+    monkeypatch.setattr(moco, "_backbone", lambda cfg, size, **arch: (nn.Sequential(nn.Linear(3, 8)), 8))
+    cfg = dataclasses.replace(smoke_config().model, backbone="vit_small")
+    with pytest.raises(RuntimeError, match="ViT patch projection 'conv_proj' not found: cannot freeze it"):
+        moco.build_backbone(cfg, 32)
+
+
+@pytest.mark.parametrize("backbone,proj_layers", [("resnet18", 2), ("vit_small", 3)])
+def test_projector_and_predictor_layers(backbone, proj_layers):
+    model = tiny_model() if backbone == "resnet18" else tiny_vit_model()
+    block = [nn.Linear, nn.BatchNorm1d, nn.ReLU]
+    for head, layers in ((model.base_encoder.projector, proj_layers), (model.predictor, 2)):
+        expected = block * (layers - 1) + [nn.Linear, nn.BatchNorm1d]
+        assert [type(m) for m in head] == expected
+        assert all(m.bias is None for m in head if isinstance(m, nn.Linear))
+        assert [m.affine for m in head if isinstance(m, nn.BatchNorm1d)] == [True] * (layers - 1) + [False]
+
+
+def test_symmetric_loss_equals_a_direct_cross_entropy():
+    model = tiny_model("train.batch_size=8", "train.queue_size=24")
+    x1, x2 = views()
+    queue = model.queue.keys.clone()
+    loss = model(x1, x2)
+    with torch.no_grad():
+        q1, q2 = (F.normalize(model.predictor(model.base_encoder(x)), dim=1) for x in (x1, x2))
+        k1, k2 = (F.normalize(model.momentum_encoder(x), dim=1) for x in (x1, x2))
+
+    def direct(q, k):
+        logits = torch.cat([q @ k.T, q @ queue.T], dim=1) / 0.2  # (N, N + K)
+        return F.cross_entropy(logits, torch.arange(8)) * 2 * 0.2
+
+    torch.testing.assert_close(loss, direct(q1, k2) + direct(q2, k1))
+
+
+def test_queue_receives_view2_keys_once_per_step_and_wraps_around():
+    model = tiny_model("train.batch_size=4", "train.queue_size=12")
+    enqueued = []
+    for step in range(4):
+        x1, x2 = views(4)
+        x1, x2 = x1 + step, x2 - step
+        with torch.no_grad():
+            enqueued.append(F.normalize(model.momentum_encoder(x2), dim=1))
+        model(x1, x2)
+    assert model.queue.ptr.item() == 16 % 12
+    expected = torch.cat([enqueued[3], enqueued[1], enqueued[2]])  # the 4th batch overwrote the 1st
+    torch.testing.assert_close(model.queue.keys, expected)
+
+
+def test_momentum_schedule():
+    assert moco.momentum_at(50, 100, 0.99, "fixed") == 0.99
+    assert moco.momentum_at(0, 100, 0.99, "cosine") == pytest.approx(0.99)
+    assert moco.momentum_at(50, 100, 0.99, "cosine") == pytest.approx(0.995)
+    assert moco.momentum_at(100, 100, 0.99, "cosine") == pytest.approx(1.0)
+
+
+def test_vram_estimate_is_positive_and_grows_with_the_batch():
+    sizes = [moco.estimate_vram_gb(smoke_config(f"train.batch_size={b}", "train.queue_size=0"))
+             for b in (32, 64, 128)]
+    assert 0 < sizes[0] < sizes[1] < sizes[2]
+    vit = moco.load_config(CONFIGS / "moco_v3_vit_small_stl10.yaml")
+    assert 1 < moco.estimate_vram_gb(vit) < 40
+
+
+# --- config and bad input ------------------------------------------------------------------------
+
+def test_every_shipped_config_loads():
+    for path in sorted(CONFIGS.glob("moco_v3_*.yaml")):
+        cfg = moco.load_config(path)
+        assert cfg.train.queue_size % cfg.train.batch_size == 0, path
+
+
+def test_overrides_are_typed_by_the_field():
+    cfg = smoke_config("train.epochs=3", "train.base_lr=1e-3", "train.amp=true", "data.augment=satellite")
+    assert (cfg.train.epochs, cfg.train.base_lr, cfg.train.amp, cfg.data.augment) == (3, 1e-3, True, "satellite")
+    with pytest.raises(ConfigError, match=r"'train.epochs' must be an integer, got 'ten'"):
+        smoke_config("train.epochs=ten")
+    with pytest.raises(ConfigError, match=r"override 'train.lr=1': expected SECTION.KEY=VALUE"):
+        smoke_config("train.lr=1")
+
+
+def write_yaml(tmp_path, edit):
+    raw = yaml.safe_load(SMOKE.read_text())
+    edit(raw)
+    path = tmp_path / "x.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def test_missing_and_unknown_yaml_keys(tmp_path):
+    path = write_yaml(tmp_path, lambda raw: raw["train"].pop("epochs"))
+    with pytest.raises(ConfigError, match=re.escape(f"{path}: missing key 'train.epochs'")):
+        moco.load_config(path)
+    path = write_yaml(tmp_path, lambda raw: raw.pop("model"))
+    with pytest.raises(ConfigError, match=re.escape(f"{path}: missing section 'model'")):
+        moco.load_config(path)
+    path = write_yaml(tmp_path, lambda raw: raw["train"].update(lr=0.1))
+    with pytest.raises(ConfigError, match=re.escape(f"{path}: unknown key 'train.lr'")):
+        moco.load_config(path)
+
+
+def test_bad_values_name_the_key():
+    with pytest.raises(ConfigError, match=r"'train.momentum' = 1.5 must be in \[0, 1\)"):
+        smoke_config("train.momentum=1.5")
+    with pytest.raises(ConfigError, match=r"'model.backbone' = 'vit_huge' must be one of"):
+        smoke_config("model.backbone=vit_huge")
+
+
+def test_unknown_backbone():
+    cfg = dataclasses.replace(smoke_config().model, backbone="vit_huge")
+    with pytest.raises(ValueError, match=r"unknown backbone 'vit_huge': choose one of \['vit_small', 'resnet18', "
+                                         r"'resnet50'\]"):
+        moco.build_backbone(cfg, 32)
+
+
+def test_queue_size_must_be_a_multiple_of_the_batch():
+    with pytest.raises(ValueError, match="FIFOQueue size 100 is not divisible by the batch size 32: choose a size "
+                                         "that is a multiple of 32 \\(e.g. 128\\)"):
+        tiny_model("train.queue_size=100")
+
+
+def test_batch_must_divide_over_the_world_size():
+    assert moco.per_rank_batch(12, 3) == 4
+    with pytest.raises(ConfigError, match=r"'train.batch_size' = 10 is not divisible by the world size 3: choose a "
+                                          r"multiple of 3 \(e.g. 12\)"):
+        moco.per_rank_batch(10, 3)
+
+
+# --- training (integration) ----------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def smoke_trained(tmp_path_factory):
+    """An output root where the smoke config is pretrained once for the tests below."""
+    root = tmp_path_factory.mktemp("moco_home")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("DESUPCON_HOME", str(root))
+        cfg = smoke_config()
+        return root, cfg, moco.pretrain(cfg)
+
+
+@pytest.fixture
+def smoke_run(smoke_trained, monkeypatch):
+    """``(config, summary)`` of the pretrained smoke run, with DESUPCON_HOME pointing at it."""
+    root, cfg, summary = smoke_trained
+    monkeypatch.setenv("DESUPCON_HOME", str(root))
+    return cfg, summary
+
+
+@pytest.mark.integration
+def test_checkpoints_load_safely_with_every_key(smoke_run):
+    cfg, summary = smoke_run
+    assert moco.saved_epochs(cfg) == list(range(1, cfg.train.epochs + 1))
+    ckpt = load_checkpoint(moco.checkpoint_file(cfg, cfg.train.epochs))  # torch.load(weights_only=True)
+    assert {"format", "config", "encoder_q", "proj_q", "model", "optimizer", "scheduler", "scaler", "epoch",
+            "global_step", "rng"} <= set(ckpt)
+    assert ckpt["format"] == CHECKPOINT_FORMAT and ckpt["config"] == cfg.to_dict()
+    assert ckpt["epoch"] == cfg.train.epochs and ckpt["global_step"] == cfg.train.epochs * (1437 // 32)
+    assert [e["epoch"] for e in summary["epochs"]] == list(range(1, cfg.train.epochs + 1))
+    assert (output_root() / "json_results" / "moco_v3" / "moco_v3_smoke.json").exists()
+
+
+@pytest.mark.integration
+def test_resume_reproduces_the_uninterrupted_run(smoke_run, capsys):
+    cfg, summary = smoke_run
+    last = moco.checkpoint_file(cfg, cfg.train.epochs)
+    uninterrupted = load_checkpoint(last)
+    last.unlink()  # as if killed during the last epoch
+    resumed = moco.pretrain(cfg, resume=True)
+    assert f"[resume] MoCo-v3 'moco_v3_smoke': from epoch {cfg.train.epochs - 1}" in capsys.readouterr().out
+    assert resumed["epochs"][-1]["loss"] == summary["epochs"][-1]["loss"]
+    state = load_checkpoint(last)["model"]
+    assert all(torch.equal(state[key], value) for key, value in uninterrupted["model"].items())
+
+
+@pytest.mark.integration
+def test_finished_run_is_cached_and_a_changed_config_is_refused(smoke_run, capsys):
+    cfg, _ = smoke_run
+    assert moco.pretrain(cfg)["cached"]
+    assert "[cache]" in capsys.readouterr().out
+    with pytest.raises(StaleRunError, match=r"train.temperature: cached 0.2 vs requested 0.3"):
+        moco.pretrain(smoke_config("train.temperature=0.3"))
+
+
+@pytest.mark.integration
+def test_pretrained_encoder_beats_random_init_on_knn(smoke_run):
+    cfg, _ = smoke_run
+    random_init, pretrained = moco.evaluate_checkpoints(SMOKE, [0, cfg.train.epochs])
+    print(f"k-NN top-1: random init {random_init['knn_top1']:.1f}%, "
+          f"pretrained {pretrained['knn_top1']:.1f}% (epoch {pretrained['epoch']})")
+    assert pretrained["knn_top1"] >= random_init["knn_top1"] + 5
+    assert (output_root() / "json_results" / "moco_v3" / "moco_v3_smoke_checkpoint_eval.json").exists()
+    assert (output_root() / "plots" / "moco_v3_smoke_accuracy_vs_epoch.png").exists()
+    with pytest.raises(FileNotFoundError, match=r"checkpoint_epoch0099.pth; available epochs: \[1, 2, "):
+        moco.evaluate_checkpoints(SMOKE, [99])
