@@ -1,0 +1,146 @@
+"""The fast training path and the sync-free step of ``desupcon.train.Trainer`` (CPU, seconds).
+
+* ``fast=True`` (bf16 autocast + channels_last, the CUDA default) computes the same loss and makes
+  nearly the same first Adam update as the fp32 path ``fast=False``, for lw_supcrd with a memory
+  bank, supcon and crd.
+* ``Trainer.step`` never reads a tensor back to the host. On a GPU each such read (``.item()``,
+  ``bool()``, ``int()``, ...) makes the host wait for the queued kernels; on the CPU nothing waits,
+  so the reads are caught by patching the ``Tensor`` methods that perform them. ``step`` returns
+  tensors, and an epoch logs the mean of exactly those step losses.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.optim import optimizer as torch_optimizer
+from tqdm import tqdm
+
+from desupcon import checks
+from desupcon.config import RunConfig
+from desupcon.data import ImageDataset, load_splits
+from desupcon.models import ModelWrapper
+from desupcon.profiles import PROFILES
+from desupcon.train import Data, Trainer
+
+SMOKE = PROFILES["smoke"]
+CPU = torch.device("cpu")
+BATCH = 16
+METHODS = {"lw_supcrd": dict(bank_k=32), "supcon": {}, "crd": {}}
+HOST_READS = ("item", "tolist", "numpy", "__bool__", "__int__", "__float__", "__index__")
+# Reads that are not syncs on a GPU: checks.require's CPU branch (on a GPU it is torch._assert_async)
+# and the optimiser's step counter (a host tensor, except in the fused CUDA Adam the Trainer uses).
+ALLOWED_READERS = (checks.require.__code__, torch_optimizer._get_value.__code__)
+
+
+@contextlib.contextmanager
+def no_host_reads():
+    """Make every tensor-to-Python read raise ``AssertionError``, except from ``ALLOWED_READERS``."""
+    def guarded(name):
+        original = getattr(torch.Tensor, name)
+
+        def read(self, *args, **kwargs):
+            if sys._getframe(1).f_code not in ALLOWED_READERS:
+                raise AssertionError(f"Tensor.{name}() in the training step: a host-device sync on a GPU")
+            return original(self, *args, **kwargs)
+        return read
+
+    with pytest.MonkeyPatch.context() as mp:
+        for name in HOST_READS:
+            mp.setattr(torch.Tensor, name, guarded(name))
+        yield
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Networks this small gain nothing from a second thread, and one thread cannot stall in an
+    OpenMP barrier when other processes share the cores (on a busy 2-core machine two threads
+    made these tests about 8x slower)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def data() -> Data:
+    """64 training and 16 test images of the embedded digits (16x16, 10 classes)."""
+    first = lambda ds, n: ImageDataset(ds.name, ds.images[:n], ds.labels[:n], ds.num_classes, ds.mean, ds.std)
+    train, test = load_splits("digits")
+    return Data(first(train, 64), first(test, 16))
+
+
+@pytest.fixture(scope="module")
+def teacher() -> ModelWrapper:
+    """A tiny ResNet-50 teacher with the linear projection head; random weights suffice here."""
+    torch.manual_seed(0)
+    return ModelWrapper(10, "resnet50", width=4, proj_dim=RunConfig.proj_dim, projection="linear")
+
+
+def trainer(method: str, data: Data, teacher: ModelWrapper, fast: bool) -> Trainer:
+    cfg = SMOKE.student_config(method, width=4, batch_size=BATCH, **METHODS[method])
+    return Trainer(cfg, data, CPU, teacher if cfg.uses_teacher else None, fast=fast)
+
+
+def flat(model: torch.nn.Module, attribute: str) -> torch.Tensor:
+    """Every parameter's ``data`` or ``grad`` as one vector (channels_last tensors in logical order)."""
+    return torch.cat([getattr(p, attribute).flatten() for p in model.parameters()])
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_fast_path_matches_fp32(method, data, teacher):
+    plain, fast = trainer(method, data, teacher, fast=False), trainer(method, data, teacher, fast=True)
+    assert fast.model.backbone.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    idx = torch.arange(BATCH)
+
+    loss_fp32, _ = plain.loss(idx)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss_bf16, _ = fast.loss(idx)
+    assert loss_bf16.dtype == torch.float32  # the loss maths itself stays in fp32
+    assert loss_bf16 != loss_fp32  # the fast path really ran its networks in bf16
+    torch.testing.assert_close(loss_bf16, loss_fp32, rtol=2e-2, atol=0)
+
+    before = flat(plain.model, "data").clone()
+    plain.step(idx + BATCH)
+    seen = []  # (input channels_last?, output dtype) of the student's first convolution in the fast step
+    hook = fast.model.backbone.conv1.register_forward_hook(
+        lambda _module, inputs, output: seen.append(
+            (inputs[0].is_contiguous(memory_format=torch.channels_last), output.dtype)))
+    fast.step(idx + BATCH)
+    hook.remove()
+    assert seen == [(True, torch.bfloat16)]
+    params_fp32, params_bf16 = flat(plain.model, "data"), flat(fast.model, "data")
+    assert (params_fp32 - before).norm() > 0  # the step moved the parameters
+    assert (params_bf16 - params_fp32).norm() / params_fp32.norm() < 0.05
+    # at initialisation the contrastive gradients are small differences of large terms, so bf16
+    # rounding perturbs them by tens of percent; their direction still agrees
+    assert F.cosine_similarity(flat(fast.model, "grad"), flat(plain.model, "grad"), dim=0) > 0.8
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_step_reads_nothing_back_from_the_device(method, data, teacher):
+    with pytest.raises(AssertionError, match="host-device sync"), no_host_reads():
+        torch.ones(1).item()  # the guard itself works
+    t = trainer(method, data, teacher, fast=False)
+    with no_host_reads():
+        loss, logits = t.step(torch.arange(BATCH))
+    assert isinstance(loss, torch.Tensor) and loss.shape == () and not loss.requires_grad
+    assert isinstance(logits, torch.Tensor) and logits.shape == (BATCH, 10) and not logits.requires_grad
+
+
+def test_epoch_logs_the_mean_of_its_step_losses(data, teacher):
+    logged = trainer("lw_supcrd", data, teacher, fast=False).epoch(0, "fast_path_test", tqdm(disable=True))
+    stepped = trainer("lw_supcrd", data, teacher, fast=False)  # same seed: same order, views and bank draws
+    order = torch.randperm(len(data.train), generator=stepped.order_gen)
+    losses, correct = [], 0
+    for step in range(stepped.steps_per_epoch):
+        idx = order[step * BATCH:(step + 1) * BATCH]
+        loss, logits = stepped.step(idx)
+        losses.append(loss)
+        correct += int((logits.argmax(dim=1) == data.train.labels[idx]).sum())
+    assert logged["loss"] == pytest.approx(torch.stack(losses).mean().item(), rel=1e-6)
+    assert logged["train_acc"] == pytest.approx(100 * correct / (stepped.steps_per_epoch * BATCH))
