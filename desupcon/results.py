@@ -10,7 +10,7 @@ from __future__ import annotations
 import statistics
 
 from .config import RunConfig
-from .runs import atomic_write_json, checkpoint_path, log_path, output_root, read_json
+from .runs import checkpoint_path, log_path, output_root, read_json, update_json
 
 
 def summarize(cfg: RunConfig, runs: list[dict]) -> dict:
@@ -29,12 +29,13 @@ def comprehensive_path(arch: str, dataset: str):
 
 
 def record(summary: dict) -> None:
-    """Add or replace ``summary`` in the comprehensive results of its architecture and dataset."""
+    """Add or replace ``summary`` in the comprehensive results of its architecture and dataset.
+
+    The read-modify-write holds a lock, so parallel sweep workers never drop each other's entries.
+    """
     cfg = summary["config"]
     path = comprehensive_path(cfg["arch"], cfg["dataset"])
-    everything = read_json(path) if path.exists() else {}
-    everything[summary["name"]] = summary
-    atomic_write_json(everything, path)
+    update_json(path, lambda everything: {**everything, summary["name"]: summary})
 
 
 def load_results(arch: str, dataset: str) -> dict:
