@@ -80,6 +80,34 @@ class ModelWrapper(nn.Module):
         return features, self.project(features), self.classifier(features)
 
 
+@torch.no_grad()
+def fold_batchnorm(resnet: CifarResNet) -> CifarResNet:
+    """Fold every BatchNorm of a frozen ``resnet`` into the convolution before it, in place.
+
+    In eval mode BatchNorm is the affine map ``y = (x - mean) / sqrt(var + eps) * gamma + beta``, so
+    ``conv -> bn`` equals one convolution with weight ``W * s`` and bias ``beta - mean * s``, where
+    ``s = gamma / sqrt(var + eps)`` per output channel. The folded network computes the same
+    function with one pass over each activation fewer; it is for inference only (no BN statistics).
+    """
+    if resnet.training:
+        raise ValueError("fold_batchnorm needs an eval-mode network: its BatchNorm statistics must be frozen")
+    pairs = [(resnet, "conv1", "bn1")]
+    for block in [*resnet.layer1, *resnet.layer2, *resnet.layer3, *resnet.layer4]:
+        pairs += [(block, f"conv{i}", f"bn{i}") for i in (1, 2, 3) if hasattr(block, f"bn{i}")]
+        if block.downsample is not None:
+            pairs.append((block.downsample, "0", "1"))
+    for parent, conv_name, bn_name in pairs:
+        conv, bn = getattr(parent, conv_name), getattr(parent, bn_name)
+        scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)  # (C_out,)
+        folded = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                           bias=True).to(conv.weight.device)
+        folded.weight.copy_(conv.weight * scale.view(-1, 1, 1, 1))
+        folded.bias.copy_(bn.bias - bn.running_mean * scale)
+        setattr(parent, conv_name, folded.requires_grad_(False))
+        setattr(parent, bn_name, nn.Identity())
+    return resnet
+
+
 def build_model(cfg, num_classes: int) -> ModelWrapper:
     """The network of a run: teachers get the linear cosine head, students the MLP head."""
     projection = "mlp" if cfg.role == "student" else "linear"

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import sys
 
 import pytest
@@ -23,7 +24,7 @@ from tqdm import tqdm
 from desupcon import checks
 from desupcon.config import RunConfig
 from desupcon.data import ImageDataset, load_splits
-from desupcon.models import ModelWrapper
+from desupcon.models import ModelWrapper, fold_batchnorm
 from desupcon.profiles import PROFILES
 from desupcon.train import Data, Trainer
 
@@ -144,3 +145,24 @@ def test_epoch_logs_the_mean_of_its_step_losses(data, teacher):
         correct += int((logits.argmax(dim=1) == data.train.labels[idx]).sum())
     assert logged["loss"] == pytest.approx(torch.stack(losses).mean().item(), rel=1e-6)
     assert logged["train_acc"] == pytest.approx(100 * correct / (stepped.steps_per_epoch * BATCH))
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "resnet50"])
+def test_folded_batchnorm_computes_the_same_features(arch):
+    torch.manual_seed(0)
+    net = ModelWrapper(10, arch, width=4).backbone
+    with torch.no_grad():  # running statistics far from their initial (0, 1)
+        for _ in range(3):
+            net(3 * torch.randn(32, 3, 16, 16) + 1)
+    for bn in (m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)):
+        torch.nn.init.uniform_(bn.weight, 0.5, 2.0)
+        torch.nn.init.uniform_(bn.bias, -1.0, 1.0)
+    net.eval()
+    x = 3 * torch.randn(8, 3, 16, 16) + 1
+    with torch.no_grad():
+        expected = net(x)
+        folded = fold_batchnorm(copy.deepcopy(net))
+        assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+        torch.testing.assert_close(folded(x), expected, rtol=1e-4, atol=1e-5 * expected.abs().max().item())
+    with pytest.raises(ValueError, match="eval-mode"):
+        fold_batchnorm(copy.deepcopy(net).train())
