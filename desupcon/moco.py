@@ -484,7 +484,7 @@ class _Pretrainer:
         self.global_step = 0
         torch.manual_seed(t.seed)
         self.model = build_model(cfg).to(device)
-        if dist.is_distributed():
+        if dist.is_distributed() and device.type == "cuda":  # PyTorch's SyncBatchNorm runs on GPUs only
             self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)  # heads (and ResNet) as moco-v3
         self.forward = dist.wrap(self.model)
         self.lr = t.base_lr * t.batch_size * t.accum_steps / 256

@@ -5,7 +5,8 @@ every method (contrastive ones with and without a memory bank), the mean of the 
 equals the one-process loss, the DDP-averaged gradients of the student and of the adapting teacher
 head equal the one-process gradients, and the memory bank is the same on both ranks and in the one
 process. The real ``Trainer`` runs both; ``augment="none"`` gives both the same views. A resumed
-rank gets its own augmentation stream back from rank 0's checkpoint.
+rank gets its own augmentation stream back from rank 0's checkpoint. MoCo-v3 (symmetric loss with
+keys gathered from every rank, a negative queue, the momentum update) passes the same comparison.
 
 On CPUs (gloo) the networks run in eval mode, whose BatchNorm is per image: PyTorch's SyncBatchNorm,
 which the Trainer uses under DDP, has no CPU kernel. With two GPUs (NCCL) they run in train mode and
@@ -15,16 +16,20 @@ the comparison covers SyncBatchNorm too.
 import functools
 import os
 import socket
+from pathlib import Path
 
 import pytest
 import torch
 import torch.multiprocessing as mp
 
 from desupcon import distributed as dist
+from desupcon import moco
+from desupcon.augment import normalize
 from desupcon.models import ModelWrapper
 from desupcon.profiles import PROFILES
 from desupcon.train import Data, Trainer
 
+MOCO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "moco_v3_smoke.yaml"
 WORLD, BATCH, STEPS = 2, 16, 2  # BATCH is the global batch: BATCH // WORLD images per rank and step
 CASES = {  # name: (method, config changes)
     "supcon": ("supcon", {}),
@@ -83,6 +88,30 @@ def _steps(method: str, changes: dict, device: str, batches: torch.Tensor) -> di
     return out
 
 
+def _moco_steps(device: str, batches: torch.Tensor) -> dict:
+    """``STEPS`` MoCo-v3 steps (tiny ResNet-18, queue of 4 global batches) on this process's images."""
+    cfg = moco.load_config(MOCO_CONFIG, [f"train.batch_size={BATCH}", f"train.queue_size={4 * BATCH}",
+                                         "model.width=4", "model.proj_hidden=32", "model.pred_hidden=32",
+                                         "model.proj_dim=8"])
+    torch.manual_seed(0)
+    model = moco.build_model(cfg).to(device)
+    model.train(device != "cpu")  # see the module docstring
+    ddp = dist.wrap(model)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    data = _data(device).train
+    out = {"loss": [], "grads": []}
+    for idx in batches:
+        x = normalize(data.images[idx], data.mean, data.std)  # (B/W, C, H, W)
+        loss = ddp(x, x.flip(3), cfg.train.momentum)  # the two views: the images and their mirror images
+        optimizer.zero_grad()
+        loss.backward()
+        out["loss"].append(loss.detach().cpu())
+        out["grads"].append({name: p.grad.cpu() for name, p in model.named_parameters() if p.grad is not None})
+        optimizer.step()
+    out["bank"] = model.queue.keys.cpu()  # every rank enqueued the whole step's keys
+    return out
+
+
 def _augmentation_streams(device: str, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """This rank's augmentation RNG state after a step, and the state a new Trainer resumes from rank 0's
     checkpoint of it."""
@@ -102,7 +131,7 @@ def _rank_main(rank: int, port: int, device_type: str, out_dir: str):
     per_rank = BATCH // WORLD
     batches = _batches(device)[:, rank * per_rank:(rank + 1) * per_rank]  # (STEPS, B/W)
     results = {"cases": {name: _steps(method, changes, device, batches) for name, (method, changes) in CASES.items()},
-               "augmentation": _augmentation_streams(device, batches[0])}
+               "moco": _moco_steps(device, batches), "augmentation": _augmentation_streams(device, batches[0])}
     torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
 
 
@@ -130,12 +159,9 @@ def ddp(request, tmp_path_factory):
     return request.param, [torch.load(out / f"rank{r}.pt") for r in range(WORLD)]
 
 
-@pytest.mark.parametrize("case", CASES)
-def test_ddp_step_equals_one_process_on_the_whole_batch(ddp, case):
-    device_type, ranks = ddp
-    device = "cpu" if device_type == "cpu" else "cuda:0"
-    single = _steps(*CASES[case], device, _batches(device))
-    ranks = [r["cases"][case] for r in ranks]
+def _assert_same_as_one_process(ranks: list[dict], single: dict):
+    """The mean of the ranks' losses, every rank's (DDP-averaged) gradients and the bank or queue
+    equal those of one process on the whole batch, step by step."""
     for step in range(STEPS):
         torch.testing.assert_close(sum(r["loss"][step] for r in ranks) / WORLD, single["loss"][step],
                                    rtol=1e-5, atol=1e-6)
@@ -147,6 +173,19 @@ def test_ddp_step_equals_one_process_on_the_whole_batch(ddp, case):
     if single["bank"] is not None:  # every rank drew the same slots and applied the whole batch's update
         assert torch.equal(ranks[0]["bank"], ranks[1]["bank"])
         torch.testing.assert_close(ranks[0]["bank"], single["bank"])
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_ddp_step_equals_one_process_on_the_whole_batch(ddp, case):
+    device_type, ranks = ddp
+    device = "cpu" if device_type == "cpu" else "cuda:0"
+    _assert_same_as_one_process([r["cases"][case] for r in ranks], _steps(*CASES[case], device, _batches(device)))
+
+
+def test_ddp_moco_v3_step_equals_one_process_on_the_whole_batch(ddp):
+    device_type, ranks = ddp
+    device = "cpu" if device_type == "cpu" else "cuda:0"
+    _assert_same_as_one_process([r["moco"] for r in ranks], _moco_steps(device, _batches(device)))
 
 
 def test_resume_gives_each_rank_its_augmentation_stream_back(ddp):
