@@ -28,7 +28,7 @@ from tqdm import tqdm
 from . import distributed as dist
 from .augment import PRESETS, augment
 from .banks import MomentumMemoryBank
-from .config import CONTRASTIVE_METHODS, ConfigError, RunConfig, validate
+from .config import CONTRASTIVE_METHODS, RunConfig, validate
 from .data import ImageDataset, load_splits
 from .evaluate import embed, knn_accuracy, linear_probe, topk_accuracy
 from .losses import crd_loss, hybrid_loss, kd_loss, lw_supcrd_loss, supcon_loss

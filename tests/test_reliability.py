@@ -365,7 +365,7 @@ def test_json_artefacts_stay_valid_with_non_finite_numbers(home):
 ])
 def test_checkpoint_with_another_config_is_never_loaded(changes, fields, tiny, home, one_thread):
     cfg = tiny_student(epochs=1, seeds=(10,))
-    name, path = cfg.run_name(10), checkpoint_path(cfg.run_name(10))
+    path = checkpoint_path(cfg.run_name(10))
     train(cfg, data=tiny, plots=False)
     ckpt = torch.load(path, weights_only=True)  # edit the stored config of a copy, put it back
     ckpt["config"].update(changes)
