@@ -97,12 +97,12 @@ PROFILES = {
 def resolve_profile(name: str | None = None) -> tuple[Profile, str]:
     """Return ``(profile, reason)``. ``name`` defaults to ``$DESUPCON_PROFILE``, then ``auto``."""
     requested = name or os.environ.get("DESUPCON_PROFILE") or "auto"
+    source = "argument" if name else "DESUPCON_PROFILE"
     if requested == "auto":
         if torch.cuda.is_available():
             return PROFILES["cifar100"], "auto: a CUDA GPU is available"
         return PROFILES["smoke"], "auto: no CUDA GPU, so the embedded digits dataset on the CPU"
     if requested not in PROFILES:
-        raise ConfigError(f"unknown profile '{requested}' (DESUPCON_PROFILE): choose one of "
+        raise ConfigError(f"unknown profile '{requested}' (from the {source}): choose one of "
                           f"{sorted(PROFILES) + ['auto']}")
-    source = "argument" if name else "DESUPCON_PROFILE"
     return PROFILES[requested], f"{source}={requested}"

@@ -67,8 +67,10 @@ def test_combinations_against_the_data_and_world_size():
 
 def test_unknown_profile_names_the_variable_and_choices(monkeypatch):
     monkeypatch.setenv("DESUPCON_PROFILE", "huge")
-    with pytest.raises(ConfigError, match="unknown profile 'huge' \\(DESUPCON_PROFILE\\): choose one of"):
+    with pytest.raises(ConfigError, match="unknown profile 'huge' \\(from the DESUPCON_PROFILE\\): choose one of"):
         resolve_profile()
+    with pytest.raises(ConfigError, match="unknown profile 'tiny' \\(from the argument\\): choose one of"):
+        resolve_profile("tiny")
 
 
 def test_auto_profile_picks_smoke_without_cuda(monkeypatch):
