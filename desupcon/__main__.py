@@ -21,12 +21,8 @@ def _config(profile, what: str, overrides: list[str]):
 
     if what not in RUNNABLE:
         raise ConfigError(f"unknown run '{what}': choose one of {list(RUNNABLE)}")
-    changes = parse_overrides(overrides)
-    if what == "teacher":
-        return profile.teacher_config().replace(**changes)
-    if what == "projection":
-        return profile.projection_config().replace(**changes)
-    return profile.student_config(what, **changes)
+    role = what if what in ("teacher", "projection") else "student"
+    return profile.recipe(role, what).replace(**parse_overrides(overrides))
 
 
 def cmd_train(args) -> None:
@@ -70,6 +66,7 @@ def cmd_reproduce(args) -> None:
     from nbclient import NotebookClient
 
     from .profiles import resolve_profile
+    from .results import load_results
     from .runs import output_root
 
     profile, reason = resolve_profile(args.profile)
@@ -87,6 +84,11 @@ def cmd_reproduce(args) -> None:
                        resources={"metadata": {"path": str(notebooks_dir)}}).execute()
         nbformat.write(nb, out / f"{name}.ipynb")
         print(f"[reproduce] {name}.ipynb done in {time.time() - start:.0f} s -> {out / (name + '.ipynb')}")
+    recorded = {**load_results(profile.teacher_arch, profile.dataset),
+                **load_results(profile.student_arch, profile.dataset)}
+    for name, summary in recorded.items():
+        checkpoints, logs = ", ".join(summary["checkpoints"]), ", ".join(summary["logs"])
+        print(f"{name}: test acc {summary['mean']['test_acc']:.2f}% | checkpoint {checkpoints} | log {logs}")
     root = output_root()
     print(f"checkpoints: {root / 'pth_models'}\nlogs:        {root / 'json_results'}\nplots:       {root / 'plots'}")
 

@@ -3,6 +3,10 @@
 A ``RunConfig`` fully describes a run: it is stored inside the run's checkpoint and JSON log,
 and a cached run is reused only when its stored config equals the requested one. A student's
 config embeds its teacher's config, so retraining the teacher invalidates its students.
+
+A run's name spells out its method's hyperparameters as the seed study did, then every other
+field that differs from its profile's recipe (``..._digits_lr_0.003``): changing a hyperparameter
+makes a new run beside the recipe's, so it trains while every other run stays cached.
 """
 
 from __future__ import annotations
@@ -20,6 +24,16 @@ DATASETS = ("digits", "cifar10", "cifar100", "stl10")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 AUGMENTATIONS = ("standard", "supcon", "moco", "satellite", "none")
 DEFAULT_SEED = 42
+
+# The hyperparameters each student method's name spells out (the seed study's file names).
+_NAMED_HYPERPARAMETERS = {
+    "undistilled": (), "supcon": ("temperature",), "crd": ("temperature",), "kd": ("kd_temperature",),
+    "lw_supcrd": ("alpha", "beta", "temperature", "adaptive_beta"),
+    "hybrid": ("hybrid_lambda", "alpha", "beta", "temperature", "adaptive_beta"),
+}
+# Fields no name suffix repeats: the stem says role, method, arch and dataset, ``run_name`` the seed,
+# the teacher gets its own ``_from_<teacher>`` part and a profile clash is the stale-cache guard's.
+_UNNAMED = ("role", "method", "profile", "dataset", "arch", "seeds", "teacher")
 
 
 class ConfigError(ValueError):
@@ -90,7 +104,13 @@ class RunConfig:
 
     @property
     def name(self) -> str:
-        """Human-readable run name, e.g. ``student_alpha_1.0_beta_10.0_temp_0.07_resnet18_cifar100``."""
+        """Human-readable run name: ``seed_name``, then each other field that differs from the
+        profile's recipe for this run, e.g. ``student_undistilled_resnet18_digits_lr_0.003_epochs_4``."""
+        return self.seed_name + self._variant()
+
+    @property
+    def seed_name(self) -> str:
+        """The name as the seed study spelled it, e.g. ``student_alpha_1.0_beta_10.0_temp_0.07_resnet18_cifar100``."""
         suffix = f"{self.arch}_{self.dataset}"
         if self.role == "teacher":
             return f"teacher_{suffix}"
@@ -110,6 +130,22 @@ class RunConfig:
         if self.bank_k:
             stem += f"_bank{self.bank_k}" + ("" if self.bank_positives else "_allneg")
         return f"{stem}_{suffix}"
+
+    def _variant(self) -> str:
+        """``_<field>_<value>`` for each field ``seed_name`` leaves out that differs from the recipe."""
+        from .profiles import PROFILES  # profiles builds RunConfigs, so it imports this module
+
+        if self.profile not in PROFILES:
+            return ""
+        recipe = PROFILES[self.profile].recipe(self.role, self.method)
+        named = _UNNAMED
+        if self.role == "student":
+            named += _NAMED_HYPERPARAMETERS[self.method] + ("bank_k", "bank_positives")
+        parts = [f"_{f.name}_{getattr(self, f.name)}" for f in dataclasses.fields(self)
+                 if f.name not in named and getattr(self, f.name) != getattr(recipe, f.name)]
+        if self.teacher is not None and recipe.teacher is not None and self.teacher.name != recipe.teacher.name:
+            parts.append(f"_from_{self.teacher.name}")
+        return "".join(parts)
 
     @property
     def uses_teacher(self) -> bool:

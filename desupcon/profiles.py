@@ -63,6 +63,14 @@ class Profile:
             lr=self.student_lr, weight_decay=0.0, knn_k=self.knn_k, probe_epochs=self.probe_epochs,
             seeds=self.seeds[:1], teacher=teacher))
 
+    def recipe(self, role: str, method: str) -> RunConfig:
+        """This profile's config for a run of ``role`` and ``method`` (run names spell out what differs)."""
+        if role == "teacher":
+            return self.teacher_config()
+        if role == "projection":
+            return self.projection_config()
+        return self.student_config(method)
+
     def student_config(self, method: str, **overrides) -> RunConfig:
         """A student distilled (or not) by ``method``; ``overrides`` replace any ``RunConfig`` field."""
         base = RunConfig(

@@ -44,4 +44,4 @@ def seed_reference(config: dict) -> dict | None:
 
     cfg = RunConfig.from_dict(config)
     twin = dataclasses.replace(cfg, dataset="cifar100", bank_k=4096 if cfg.bank_k else 0, teacher=None)
-    return SEED_RESULTS.get(twin.name)
+    return SEED_RESULTS.get(twin.seed_name)

@@ -88,6 +88,26 @@ def test_names_are_human_readable_and_follow_the_seed():
     assert cifar.student_config("crd", bank_k=4096).name == "student_baseline_crd_temp_0.07_bank4096_resnet18_cifar100"
 
 
+def test_names_spell_out_what_differs_from_the_profile_recipe():
+    smoke = PROFILES["smoke"]
+    assert smoke.student_config("undistilled").name == "student_undistilled_resnet18_digits"
+    assert smoke.student_config("undistilled", lr=3e-3, epochs=4).name == \
+        "student_undistilled_resnet18_digits_epochs_4_lr_0.003"
+    assert smoke.student_config("undistilled", lr=smoke.student_lr).name == "student_undistilled_resnet18_digits"
+    assert smoke.student_config("lw_supcrd", alpha=2.0, epochs=1).name == \
+        "student_alpha_2.0_beta_10.0_temp_0.07_resnet18_digits_epochs_1"
+    assert smoke.student_config("kd", temperature=0.5).name == \
+        "student_baseline_kd_T_4.0_resnet18_digits_temperature_0.5"  # KD's name does not spell tau
+    teacher = smoke.teacher_config().replace(epochs=3)
+    assert teacher.name == "teacher_resnet50_digits_epochs_3"
+    projection = smoke.projection_config().replace(teacher=teacher)
+    assert projection.name == "teacher_resnet50_digits_with_projection_from_teacher_resnet50_digits_epochs_3"
+    assert smoke.student_config("crd", teacher=projection).name == \
+        f"student_baseline_crd_temp_0.07_resnet18_digits_from_{projection.name}"
+    assert smoke.student_config("lw_supcrd", seeds=(1, 2)).name == smoke.student_config("lw_supcrd").name
+    assert smoke.student_config("lw_supcrd", epochs=1).seed_name == smoke.student_config("lw_supcrd").name
+
+
 def test_round_trip_and_diff_name_nested_fields():
     d = STUDENT.to_dict()
     assert RunConfig.from_dict(d) == STUDENT

@@ -1,11 +1,14 @@
 """Integration: really train on the embedded digits (smoke profile), cache, evaluate."""
 
+import dataclasses
 import json
+import re
 import time
 
 import pytest
 import torch
 
+from desupcon.__main__ import main
 from desupcon.config import STUDENT_METHODS
 from desupcon.models import ModelWrapper
 from desupcon.profiles import PROFILES
@@ -58,12 +61,16 @@ def test_undistilled_student_probe_and_cache(trained_home):
     assert load_results(cfg.arch, cfg.dataset)[cfg.name]["mean"] == again["mean"]
 
 
-def test_stale_cache_is_never_loaded_silently(trained_home):
-    cfg = SMOKE.teacher_config()
-    with pytest.raises(StaleRunError, match="lr: cached 0.002 vs requested 0.003"):
-        train(cfg.replace(lr=3e-3))
-    with pytest.raises(StaleRunError, match="teacher_resnet50_digits.pth .*epochs: cached 12 vs requested 3"):
-        train(SMOKE.projection_config().replace(teacher=cfg.replace(epochs=3)))
+def test_a_changed_recipe_never_loads_the_old_run_silently(trained_home, monkeypatch):
+    """Same name, other config (here: the profile's recipe changed after the runs were cached)."""
+    train(SMOKE.projection_config())
+    cached_name = SMOKE.teacher_config().name
+    monkeypatch.setitem(PROFILES, "smoke", dataclasses.replace(SMOKE, teacher_epochs=13))
+    changed = PROFILES["smoke"]
+    assert changed.teacher_config().name == cached_name
+    for run in (changed.teacher_config(), changed.projection_config()):  # the projection stops at its teacher
+        with pytest.raises(StaleRunError, match="teacher_resnet50_digits.pth .*epochs: cached 12 vs requested 13"):
+            train(run)
 
 
 @pytest.mark.parametrize("method,changes", [(m, {}) for m in STUDENT_METHODS] + [
@@ -85,11 +92,18 @@ def test_every_student_method_trains(trained_home, method, changes):
 def test_changing_one_hyperparameter_retrains_that_run_only(trained_home, capsys):
     base = SMOKE.student_config("lw_supcrd", epochs=1)
     train(base, plots=False)
-    capsys.readouterr()
-    train(base.replace(alpha=2.0), plots=False)
-    out = capsys.readouterr().out
-    assert "[cache] teacher_resnet50_digits: loaded" in out
-    assert "[done] student_alpha_2.0_beta_10.0" in out and "student_alpha_1.0" not in out
+    cached = checkpoint_path(base.name).read_bytes()
+    runs = [(lambda: train(base.replace(alpha=2.0), plots=False), base.replace(alpha=2.0).name),
+            (lambda: main(["train", "lw_supcrd", "--profile", "smoke", "--set", "epochs=1", "lr=0.003"]),
+             f"{base.name}_lr_0.003")]
+    for run, name in runs:
+        capsys.readouterr()
+        run()
+        out = capsys.readouterr().out
+        assert "[cache] teacher_resnet50_digits: loaded" in out
+        assert "[cache] teacher_resnet50_digits_with_projection: loaded" in out
+        assert re.findall(r"\[done\] (\S+):", out) == [name], out  # that run only, the others cached
+    assert checkpoint_path(base.name).read_bytes() == cached  # the recipe's run is kept beside them
 
 
 def test_several_seeds_report_mean_and_std(trained_home):
