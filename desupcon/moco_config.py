@@ -129,17 +129,22 @@ def _coerce(value, typ, where: str):
     return value
 
 
+def _require_exactly(raw: dict, expected: list[str], source: str, what: str, prefix: str = "") -> None:
+    """Every ``expected`` key present in ``raw`` and no other; errors name the file and the key."""
+    unknown = sorted(set(raw) - set(expected))
+    if unknown:
+        raise ConfigError(f"{source}: unknown {what} '{prefix}{unknown[0]}'; valid {what}s: {expected}")
+    missing = [key for key in expected if key not in raw]
+    if missing:
+        raise ConfigError(f"{source}: missing {what} '{prefix}{missing[0]}'")
+
+
 def _section(cls, raw, name: str, source: str):
     """Build section ``name`` from its YAML mapping: every key present, none unknown, typed."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: section '{name}' must be a mapping of keys, got {raw!r}")
     types = typing.get_type_hints(cls)
-    unknown = sorted(set(raw) - set(types))
-    if unknown:
-        raise ConfigError(f"{source}: unknown key '{name}.{unknown[0]}'; valid keys of '{name}': {list(types)}")
-    for key in types:
-        if key not in raw:
-            raise ConfigError(f"{source}: missing key '{name}.{key}'")
+    _require_exactly(raw, list(types), source, "key", prefix=f"{name}.")
     return cls(**{key: _coerce(raw[key], typ, f"{source}: '{name}.{key}'") for key, typ in types.items()})
 
 
@@ -205,12 +210,7 @@ def load_config(path, overrides=()) -> MocoConfig:
     raw = yaml.safe_load(Path(path).read_text())
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: expected the sections {list(_SECTIONS)}, got {raw!r}")
-    unknown = sorted(set(raw) - set(_SECTIONS))
-    if unknown:
-        raise ConfigError(f"{source}: unknown section '{unknown[0]}'; sections: {list(_SECTIONS)}")
-    for name in _SECTIONS:
-        if name not in raw:
-            raise ConfigError(f"{source}: missing section '{name}'")
+    _require_exactly(raw, list(_SECTIONS), source, "section")
     cfg = MocoConfig(**{name: _section(cls, raw[name], name, source) for name, cls in _SECTIONS.items()})
     for override in overrides:
         cfg = _apply_override(cfg, override)
