@@ -1,13 +1,13 @@
-"""Speed of one distillation training step: desupcon's Trainer and the seed's pipeline, side by side.
+"""Speed of one distillation training step: desupcon's Trainer and the write-ups' pipeline, side by side.
 
 Both pipelines train the same LW-SupCRD student (ResNet-18, MLP head) from the same frozen teacher
 (ResNet-50, linear head, random weights: speed does not depend on them) with the same batch size,
 memory bank, loss, Adam step and seed, on synthetic uint8 images of the real shape:
 
-  desupcon    ``desupcon.train.Trainer``: the dataset is a uint8 tensor on the device, both views
+  desupcon    ``desupcon.engine.Trainer``: the dataset is a uint8 tensor on the device, both views
               are made there in one batched call, bf16 autocast + channels_last on CUDA, the
               teacher runs without autograd.
-  seed-style  what the seed ran: torchvision PIL transforms per image (two views) in a DataLoader
+  write-up-style  what the write-ups ran: torchvision PIL transforms per image (two views) in a DataLoader
               with one worker per core (pinned memory on CUDA, persistent workers), fp32, eager.
               The DataLoader is part of the timed hot path.
 
@@ -15,7 +15,7 @@ Each pipeline runs --warmup steps, then --repeats windows of --steps steps, sync
 device only at the ends of a window; the median window is reported. It prints images/s, seconds per
 step and the ratio; FLOPs per step (``FlopCounterMode`` on one desupcon step) and achieved TFLOP/s;
 on CUDA also host syncs per step, peak memory, seconds per CIFAR-100 epoch, minutes per 50-epoch
-configuration and for the seed's whole study, and the share of the GPU's bf16 peak. --moco adds one
+configuration and for the write-ups' whole study, and the share of the GPU's bf16 peak. --moco adds one
 MoCo-v3 ViT-S/16 step (96x96, batch 256) on CUDA. --json writes everything with the hardware and
 software versions.
 
@@ -49,16 +49,16 @@ from torchvision import transforms as T
 from desupcon.augment import two_views
 from desupcon.banks import MomentumMemoryBank
 from desupcon.config import validate
-from desupcon.data import CIFAR_MEAN_STD, ImageDataset
+from desupcon.data import CIFAR_MEAN_STD, Data, ImageDataset
 from desupcon.losses import lw_supcrd_loss
 from desupcon.models import ModelWrapper, build_model
 from desupcon.profiles import PROFILES
-from desupcon.train import Data, Trainer
+from desupcon.engine import Trainer
 
-RECIPE = PROFILES["cifar100"]  # the seed's recipe: architectures, batch, epochs, bank
+RECIPE = PROFILES["cifar100"]  # the write-ups' recipe: architectures, batch, epochs, bank
 NUM_CLASSES = 100
 CIFAR100_TRAIN_IMAGES = 50_000
-STUDY_STUDENT_RUNS = 25  # the seed's study: baselines, alpha/beta/tau/lambda sweeps, bank ablation
+STUDY_STUDENT_RUNS = 25  # the write-ups' study: baselines, alpha/beta/tau/lambda sweeps, bank ablation
 DEFAULTS = {  # flags left unset take the value for the device: a quick CPU check, the real recipe on CUDA
     "cpu": dict(steps=5, warmup=2, size=16, num_images=2048, student_width=16, teacher_width=16, bank_k=1024),
     "cuda": dict(steps=50, warmup=10, size=32, num_images=CIFAR100_TRAIN_IMAGES, student_width=64,
@@ -81,7 +81,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=3,
                    help="timed windows per pipeline; the median is reported (default: 3)")
     p.add_argument("--batch-size", type=int, default=RECIPE.batch_size,
-                   help=f"images per step (default: {RECIPE.batch_size}, the seed's)")
+                   help=f"images per step (default: {RECIPE.batch_size}, the write-ups')")
     p.add_argument("--size", type=int, help=f"side of the square synthetic images {per_device('size')}")
     p.add_argument("--num-images", type=int, help=f"synthetic training images {per_device('num_images')}")
     p.add_argument("--student-width", type=int,
@@ -210,7 +210,7 @@ def desupcon_step(cfg, images, labels, teacher: ModelWrapper, device: torch.devi
 
 
 class TwoViewImages(torch.utils.data.Dataset):
-    """The seed's training set: each item is a PIL image transformed twice, its label and its index."""
+    """The write-ups' training set: each item is a PIL image transformed twice, its label and its index."""
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, transform):
         self.images, self.labels, self.transform = images, labels, transform  # images (N, H, W, 3) uint8
@@ -224,7 +224,7 @@ class TwoViewImages(torch.utils.data.Dataset):
 
 
 class SeedStyleStep:
-    """One step of the seed's pipeline; the DataLoader iterator is created here and drawn from per call.
+    """One step of the write-ups' pipeline; the DataLoader iterator is created here and drawn from per call.
 
     Per-image PIL views (RandomResizedCrop, flip, colour jitter, grayscale) in ``os.cpu_count()``
     workers, fp32, eager; student forward on view 1, teacher forward on both views under no_grad, the
@@ -327,13 +327,13 @@ def measure(args) -> dict:
                                         args.batch_size)
         return results
 
-    # the seed-style pipeline first: its workers are shut down before desupcon runs, and it keeps
+    # the write-up-style pipeline first: its workers are shut down before desupcon runs, and it keeps
     # PyTorch's default cudnn settings (the Trainer turns on cudnn.benchmark)
-    print(f"seed-style: {os.cpu_count()} DataLoader workers, fp32, eager ...", flush=True)
+    print(f"write-up-style: {os.cpu_count()} DataLoader workers, fp32, eager ...", flush=True)
     reset_peak_memory(device)
     reference = SeedStyleStep(cfg, images, labels, teacher, device)
-    results["seed_style"] = time_steps(reference, device, args.warmup, args.steps, args.repeats)
-    results["seed_style"]["peak_memory_gib"] = peak_memory_gib(device)
+    results["writeup_style"] = time_steps(reference, device, args.warmup, args.steps, args.repeats)
+    results["writeup_style"]["peak_memory_gib"] = peak_memory_gib(device)
     del reference
     release_memory(device)
 
@@ -343,13 +343,13 @@ def measure(args) -> dict:
     results["desupcon"] = time_steps(step, device, args.warmup, args.steps, args.repeats)
     results["desupcon"]["peak_memory_gib"] = peak_memory_gib(device)
     results["desupcon"]["host_syncs_per_step"] = host_syncs(step) if device.type == "cuda" else None
-    # the seed-style step runs the same convolutions and matmuls
+    # the write-up-style step runs the same convolutions and matmuls
     results["flops"] = flop_figures(count_flops(step), args.batch_size)
     del step
     release_memory(device)
 
     if device.type == "cuda":
-        print("seed study: teacher and projection-head steps ...", flush=True)
+        print("write-ups' study: teacher and projection-head steps ...", flush=True)
         results["study"] = {}
         for run, make in (("teacher", RECIPE.teacher_config), ("projection", RECIPE.projection_config)):
             run_cfg = make().replace(width=args.teacher_width, batch_size=args.batch_size, compile=args.compile)
@@ -388,12 +388,12 @@ def summarize(results: dict, batch_size: int) -> None:
     """Add the derived figures: images/s, TFLOP/s, the ratio and, on CUDA, epoch, config and study times."""
     if "desupcon" not in results:  # --flops-only
         return
-    ours, seed = results["desupcon"], results["seed_style"]
+    ours, writeup = results["desupcon"], results["writeup_style"]
     steps_per_epoch = CIFAR100_TRAIN_IMAGES // batch_size
     for r in (ours, seed):
         r["images_per_second"] = batch_size / r["seconds_per_step"]
         r["tflops"] = results["flops"]["per_step"] / r["seconds_per_step"] / 1e12
-    results["ratio"] = ours["images_per_second"] / seed["images_per_second"]
+    results["ratio"] = ours["images_per_second"] / writeup["images_per_second"]
     peak = results["environment"]["gpu_peak_bf16_tflops"]
     ours["share_of_peak"] = ours["tflops"] / peak if peak else None
     if "study" not in results:
@@ -422,7 +422,7 @@ def report(results: dict, args) -> None:
           f"{flops['per_config'] / 1e15:.3g} PFLOP per {RECIPE.student_epochs}-epoch config")
     if args.flops_only:
         return
-    ours, seed = results["desupcon"], results["seed_style"]
+    ours, writeup = results["desupcon"], results["writeup_style"]
     rows = [("images/s", "{:.1f}", "images_per_second"), ("seconds/step", "{:.4f}", "seconds_per_step"),
             ("achieved TFLOP/s", "{:.3g}", "tflops")]
     if "study" in results:
@@ -430,17 +430,17 @@ def report(results: dict, args) -> None:
                  (f"minutes/config ({RECIPE.student_epochs} epochs)", "{:.1f}", "config_minutes"),
                  (f"minutes, {STUDY_STUDENT_RUNS} student runs", "{:.0f}", "students_minutes"),
                  ("peak memory (GiB)", "{:.2f}", "peak_memory_gib")]
-    print(f"\n{'':30s}{'desupcon':>14s}{'seed-style':>14s}{'ratio':>10s}")
+    print(f"\n{'':30s}{'desupcon':>14s}{'write-up-style':>14s}{'ratio':>10s}")
     for label, fmt, key in rows:
-        ratio = seed[key] / ours[key] if key == "seconds_per_step" else ours[key] / seed[key]
-        print(f"{label:30s}{fmt.format(ours[key]):>14s}{fmt.format(seed[key]):>14s}{ratio:>9.2f}x")
+        ratio = writeup[key] / ours[key] if key == "seconds_per_step" else ours[key] / writeup[key]
+        print(f"{label:30s}{fmt.format(ours[key]):>14s}{fmt.format(writeup[key]):>14s}{ratio:>9.2f}x")
     if "study" in results:
         peak = env["gpu_peak_bf16_tflops"]
         share = f"{100 * ours['share_of_peak']:.1f}% of its {peak} TFLOP/s dense bf16 peak" if peak else "peak unknown"
         study = results["study"]
         print(f"\ndesupcon on {env['gpu']}: {ours['tflops']:.1f} TFLOP/s, {share}; host syncs in one step: "
               f"{ours['host_syncs_per_step']}")
-        print(f"seed study with desupcon: teacher {RECIPE.teacher_epochs} epochs {study['teacher_minutes']:.0f} min + "
+        print(f"write-ups' study with desupcon: teacher {RECIPE.teacher_epochs} epochs {study['teacher_minutes']:.0f} min + "
               f"projection head {RECIPE.projection_epochs} epochs {study['projection_minutes']:.1f} min + "
               f"{STUDY_STUDENT_RUNS} students x {RECIPE.student_epochs} epochs {ours['students_minutes']:.0f} min = "
               f"{study['total_hours']:.1f} h (every student timed as LW-SupCRD with a bank)")
@@ -449,7 +449,7 @@ def report(results: dict, args) -> None:
         print(f"MoCo-v3 ViT-S/16 {moco['image_size']}x{moco['image_size']} batch {moco['batch_size']}: "
               f"{moco['images_per_second']:.0f} images/s, {moco['seconds_per_step']:.3f} s/step, "
               f"peak memory {moco['peak_memory_gib']:.2f} GiB")
-    print(f"\ndesupcon / seed-style images/s: {results['ratio']:.2f}x")
+    print(f"\ndesupcon / write-up-style images/s: {results['ratio']:.2f}x")
 
 
 def main():

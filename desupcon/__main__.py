@@ -13,16 +13,15 @@ from pathlib import Path
 
 NOTEBOOKS = ("01_teacher", "02_baselines", "03_lw_supcrd_sweeps", "04_memory_bank_ablation",
              "05_moco_v3_pretraining", "06_analysis")
-RUNNABLE = ("teacher", "projection", "undistilled", "supcon", "crd", "kd", "lw_supcrd", "hybrid")
 
 
 def _config(profile, what: str, overrides: list[str]):
-    from .config import ConfigError, parse_overrides
+    """The config of ``what``: a run of the registry under ``profile``, or a YAML file (MoCo-v3)."""
+    if what.endswith((".yaml", ".yml")):
+        from .moco_config import load_config
 
-    if what not in RUNNABLE:
-        raise ConfigError(f"unknown run '{what}': choose one of {list(RUNNABLE)}")
-    role = what if what in ("teacher", "projection") else "student"
-    return profile.recipe(role, what).replace(**parse_overrides(overrides))
+        return load_config(what, overrides)
+    return profile.recipe(what).override(overrides)
 
 
 def cmd_train(args) -> None:
@@ -33,7 +32,7 @@ def cmd_train(args) -> None:
 
     distributed.init_from_env()
     profile, reason = resolve_profile(args.profile)
-    if distributed.is_main():
+    if distributed.is_main() and not args.run.endswith((".yaml", ".yml")):
         print(f"profile: {profile.name} ({reason})")
     summary = train(_config(profile, args.run, args.set), force_retrain=args.force_retrain)
     if distributed.is_main():
@@ -66,8 +65,7 @@ def cmd_reproduce(args) -> None:
     from nbclient import NotebookClient
 
     from .profiles import resolve_profile
-    from .results import load_results
-    from .runs import output_root
+    from .store import load_results, output_root
 
     profile, reason = resolve_profile(args.profile)
     os.environ["DESUPCON_PROFILE"] = profile.name
@@ -84,8 +82,8 @@ def cmd_reproduce(args) -> None:
                        resources={"metadata": {"path": str(notebooks_dir)}}).execute()
         nbformat.write(nb, out / f"{name}.ipynb")
         print(f"[reproduce] {name}.ipynb done in {time.time() - start:.0f} s -> {out / (name + '.ipynb')}")
-    recorded = {**load_results(profile.teacher_arch, profile.dataset),
-                **load_results(profile.student_arch, profile.dataset)}
+    recorded = {**load_results(profile.teacher_config().results_group),
+                **load_results(profile.student_config("undistilled").results_group)}
     for name, summary in recorded.items():
         checkpoints, logs = ", ".join(summary["checkpoints"]), ", ".join(summary["logs"])
         print(f"{name}: test acc {summary['mean']['test_acc']:.2f}% | checkpoint {checkpoints} | log {logs}")
@@ -100,9 +98,9 @@ def cmd_sweep(args) -> None:
 
 
 def cmd_pretrain(args) -> None:
-    from .moco import pretrain_from_yaml
-
-    pretrain_from_yaml(args.config, args.set)
+    """``train`` of a MoCo-v3 YAML config (the same engine)."""
+    args.run, args.profile = args.config, None
+    cmd_train(args)
 
 
 def cmd_evaluate_checkpoints(args) -> None:
@@ -114,11 +112,14 @@ def cmd_evaluate_checkpoints(args) -> None:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m desupcon", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
+    from .registry import runnable
+
     p = sub.add_parser("train", help="train one run (or load it from the cache); on several GPUs: "
                                      "torchrun --nproc_per_node=N -m desupcon train RUN (--set batch_size is global)")
-    p.add_argument("run", help=f"one of {', '.join(RUNNABLE)}")
+    p.add_argument("run", help=f"one of {', '.join(runnable())}, or a MoCo-v3 YAML config")
     p.add_argument("--profile", help="smoke, cifar100 or auto (default: $DESUPCON_PROFILE, then auto)")
-    p.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE", help="config overrides, e.g. alpha=2")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="config overrides, e.g. alpha=2 teacher.epochs=3 (train.epochs=5 for a YAML config)")
     p.add_argument("--force-retrain", action="store_true", help="retrain even if a cached run exists")
     p.set_defaults(fn=cmd_train)
     p = sub.add_parser("study", help="teacher + projection head + undistilled student")
@@ -138,6 +139,7 @@ def main(argv=None) -> int:
     p = sub.add_parser("pretrain", help="MoCo-v3 pretraining from a YAML config")
     p.add_argument("config", help="YAML file, e.g. configs/moco_v3_smoke.yaml")
     p.add_argument("--set", nargs="*", default=[], metavar="SECTION.KEY=VALUE", help="overrides, e.g. train.epochs=5")
+    p.add_argument("--force-retrain", action="store_true", help="retrain even if a cached run exists")
     p.set_defaults(fn=cmd_pretrain)
     p = sub.add_parser("evaluate-checkpoints", help="k-NN and linear probe of saved MoCo-v3 checkpoints")
     p.add_argument("config", help="the YAML config the checkpoints were trained with")
@@ -147,8 +149,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     from .config import ConfigError
     from .data import DatasetUnavailableError
-    from .runs import CheckpointError, StaleRunError
-    from .train import NonFiniteLossError
+    from .engine import NonFiniteLossError
+    from .store import CheckpointError, StaleRunError
 
     try:
         args.fn(args)

@@ -7,6 +7,7 @@ to 16x16 RGB, a fixed stratified 80/20 split). CIFAR-10/100 and STL-10 come thro
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,12 +60,10 @@ def data_root() -> Path:
 
 
 def load_dataset(name: str, train: bool) -> ImageDataset:
-    """Load the ``train`` or test split of ``name`` ("digits", "cifar10", "cifar100", "stl10")."""
-    if name == "digits":
-        return _digits(train)
-    if name in CIFAR_MEAN_STD:
-        return _torchvision(name, train)
-    raise ValueError(f"unknown dataset '{name}': choose one of ['digits', 'cifar10', 'cifar100', 'stl10']")
+    """Load the ``train`` or test split of a dataset of ``DATASETS``."""
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset '{name}': choose one of {list(DATASETS)}")
+    return DATASETS[name](train)
 
 
 def load_splits(name: str, device="cpu") -> tuple[ImageDataset, ImageDataset]:
@@ -116,3 +115,19 @@ def _torchvision(name: str, train: bool) -> ImageDataset:
         labels = torch.tensor(ds.targets, dtype=torch.long)
     mean, std = CIFAR_MEAN_STD[name]
     return ImageDataset(name, images, labels, 10 if name in ("cifar10", "stl10") else 100, mean, std)
+
+
+# name -> loader(train: bool) -> ImageDataset: the one list of valid dataset names
+DATASETS = {"digits": _digits, **{name: functools.partial(_torchvision, name) for name in CIFAR_MEAN_STD}}
+
+
+@dataclass
+class Data:
+    """Train and test splits of one dataset on the training device."""
+
+    train: ImageDataset
+    test: ImageDataset
+
+    @classmethod
+    def load(cls, name: str, device) -> "Data":
+        return cls(*load_splits(name, device))

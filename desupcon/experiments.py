@@ -1,7 +1,7 @@
 """The study's run grids, shared by the notebooks and ``python -m desupcon sweep``.
 
 Each function returns the configs one notebook trains, in order; under ``cifar100`` they are the
-seed's grids exactly (SPEC §6), under ``smoke`` the profile's shrunk grids.
+write-ups' grids exactly (SPEC §6), under ``smoke`` the profile's shrunk grids.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ def teacher(p: Profile) -> list[RunConfig]:
 
 
 def headline(p: Profile) -> RunConfig:
-    """LW-SupCRD with the seed's best hyperparameters (alpha=1, beta=10, tau=0.07, adaptive beta)."""
+    """LW-SupCRD with the write-ups' best hyperparameters (alpha=1, beta=10, tau=0.07, adaptive beta)."""
     return p.student_config("lw_supcrd", seeds=p.headline_seeds)
 
 

@@ -1,4 +1,4 @@
-"""MoCo-v3 self-supervised pretraining (SPEC §8): model, training loop, checkpoint evaluation.
+"""MoCo-v3 self-supervised pretraining (SPEC §8): the model, its task for the trainer core, checkpoint evaluation.
 
 Chen, Xie, He, "An Empirical Study of Training Self-Supervised Vision Transformers", ICCV 2021,
 https://arxiv.org/abs/2104.02057; the model follows facebookresearch/moco-v3 ``moco/builder.py``.
@@ -6,90 +6,51 @@ A base encoder (backbone + projector) and a predictor learn from the symmetric l
 of a momentum encoder (an exponential moving average of the base encoder), optionally with a FIFO
 queue of past keys as extra negatives for small batches. ViT-Small/16 keeps its patch projection
 frozen at its random initialisation, the paper's fix for training instability.
-The YAML config of a run lives in ``desupcon.moco_config``.
+The config of a run lives in ``desupcon.moco_config``; training is ``desupcon.train.train(cfg)``,
+the same engine as every other run.
 
     python -m desupcon pretrain configs/moco_v3_smoke.yaml --set train.epochs=5
     python -m desupcon evaluate-checkpoints configs/moco_v3_smoke.yaml --epochs 0 1 5
 
-Artefacts: ``pth_models/moco_v3/<out_dir>/checkpoint_epoch{E:04d}.pth``,
-``json_results/moco_v3/<out_dir>.json`` (per-epoch log), ``<out_dir>_checkpoint_eval.json`` beside
-it and ``plots/<out_dir>_accuracy_vs_epoch.png``, under ``desupcon.runs.output_root()``.
+Artefacts (``desupcon.store``): ``pth_models/<out_dir>.pth`` (latest), snapshots
+``pth_models/<out_dir>/epoch_<E>.pth``, ``json_results/training_logs/<out_dir>.json`` and
+``json_results/<out_dir>_checkpoint_eval.json``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import math
-import re
-import time
 from collections import OrderedDict
-from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torchvision.models import VisionTransformer
-from tqdm import tqdm
 
 from . import distributed as dist
-from .augment import PRESETS, augment, normalize
+from .augment import PRESETS, augment
 from .banks import FIFOQueue
-from .config import ConfigError, config_diff
-from .data import ImageDataset, load_dataset, load_splits
-from .evaluate import embed, knn_accuracy, linear_probe
+from .config import ConfigError
+from .data import Data
+from .evaluate import evaluate_encoder
 from .losses import moco_v3_loss
-from .models import CifarResNet
-from .moco_config import BACKBONES, MocoConfig, ModelConfig, load_config
-from .runs import (CHECKPOINT_FORMAT, StaleRunError, atomic_save, atomic_write_json, describe_diff,
-                   load_checkpoint, output_root)
-from .train import NonFiniteLossError, _lr_factor, default_device
-
-VIT_SMALL = dict(num_layers=12, num_heads=6, hidden_dim=384, mlp_dim=1536)
+from .models import freeze_patch_projection, random_backbone
+from .moco_config import MocoConfig, ModelConfig, load_config
+from .store import StaleRunError, atomic_write_json, describe_diff, eval_path, load_checkpoint, saved_snapshots, \
+    snapshot_path
 
 
-# ---------------------------------------------------------------------------------------------
-# Backbones and model
-# ---------------------------------------------------------------------------------------------
-
-def freeze_patch_projection(vit: nn.Module) -> list[str]:
-    """Freeze the ViT patch projection (``conv_proj``) at its current weights; return the names frozen.
-
-    Raises ``RuntimeError`` if the model has no ``conv_proj`` parameter, so a renamed layer
-    never leaves the projection silently trainable.
-    """
-    frozen = [name for name, p in vit.named_parameters() if name.split(".")[0] == "conv_proj"]
-    if not frozen:
-        raise RuntimeError("ViT patch projection 'conv_proj' not found: cannot freeze it")
-    vit.conv_proj.requires_grad_(False)
-    print("✓ Froze ViT patch projection layer (conv_proj)")
-    return frozen
-
-
-def _backbone(cfg: ModelConfig, image_size: int, **vit_arch) -> tuple[nn.Module, int]:
-    """The randomly initialised backbone and its feature dimension (patch projection still trainable)."""
-    if cfg.backbone == "vit_small":
-        arch = {**VIT_SMALL, **vit_arch}
-        vit = VisionTransformer(image_size=image_size, patch_size=cfg.patch_size, **arch)
-        vit.heads = nn.Identity()  # features = the CLS token
-        return vit, arch["hidden_dim"]
-    if cfg.backbone in ("resnet18", "resnet50"):
-        resnet = CifarResNet(cfg.backbone, cfg.width)
-        return resnet, resnet.feature_dim
-    raise ValueError(f"unknown backbone '{cfg.backbone}': choose one of {list(BACKBONES)}")
-
-
-def build_backbone(cfg: ModelConfig, image_size: int, **vit_arch) -> tuple[nn.Module, int]:
-    """Backbone ``(module, feature_dim)`` with pooled features ``(B, feature_dim)``.
+def build_backbone(cfg: ModelConfig, image_size: int, freeze: bool = True, **vit_arch) -> tuple[nn.Module, int]:
+    """Backbone ``(module, feature_dim)`` of the ``model`` section, pooled features ``(B, feature_dim)``.
 
     Args:
         cfg: the ``model`` section (backbone, width, patch_size, stop_grad_conv1).
         image_size: input side (a multiple of the patch size for ViT).
-        vit_arch: overrides of ``VIT_SMALL`` (num_layers, num_heads, hidden_dim, mlp_dim), e.g. a
-            one-layer ViT in tests (default: ViT-Small).
+        freeze: freeze the ViT patch projection when ``stop_grad_conv1`` says so (default: True).
+        vit_arch: overrides of ``models.VIT_SMALL``, e.g. a one-layer ViT in tests (default: ViT-Small).
     """
-    backbone, dim = _backbone(cfg, image_size, **vit_arch)
-    if cfg.backbone == "vit_small" and cfg.stop_grad_conv1:
+    backbone, dim = random_backbone(cfg.backbone, image_size, cfg.width, cfg.patch_size, **vit_arch)
+    if freeze and cfg.backbone == "vit_small" and cfg.stop_grad_conv1:
         freeze_patch_projection(backbone)
     return backbone, dim
 
@@ -169,16 +130,12 @@ class MoCoV3(nn.Module):
         return loss
 
 
-def _assemble(cfg: MocoConfig, backbone: nn.Module, feature_dim: int) -> MoCoV3:
-    """``MoCoV3`` around ``backbone`` with the heads and queue of ``cfg`` (ViT: 3-layer projector, ResNet: 2)."""
+def build_model(cfg: MocoConfig, freeze: bool = True) -> MoCoV3:
+    """The randomly initialised ``MoCoV3`` of a config (ViT: 3-layer projector, ResNet: 2)."""
+    backbone, feature_dim = build_backbone(cfg.model, cfg.data.image_size, freeze)
     return MoCoV3(backbone, feature_dim, proj_layers=3 if cfg.model.backbone == "vit_small" else 2,
                   proj_hidden=cfg.model.proj_hidden, proj_dim=cfg.model.proj_dim, pred_hidden=cfg.model.pred_hidden,
                   temperature=cfg.train.temperature, queue_size=cfg.train.queue_size, batch_size=cfg.train.batch_size)
-
-
-def build_model(cfg: MocoConfig) -> MoCoV3:
-    """The randomly initialised ``MoCoV3`` of a config."""
-    return _assemble(cfg, *build_backbone(cfg.model, cfg.data.image_size))
 
 
 def per_rank_batch(batch_size: int, world_size: int) -> int:
@@ -210,7 +167,7 @@ def estimate_vram_gb(cfg: MocoConfig) -> float:
     """
     size = cfg.data.image_size
     with torch.device("meta"):
-        model = _assemble(cfg, *_backbone(cfg.model, size))
+        model = build_model(cfg, freeze=False)
     count = lambda *modules: sum(p.numel() for module in modules for p in module.parameters())
     buffer_bytes = sum(b.numel() * b.element_size() for b in model.buffers())
     elements = []
@@ -226,268 +183,145 @@ def estimate_vram_gb(cfg: MocoConfig) -> float:
     return total / 1e9
 
 
-# ---------------------------------------------------------------------------------------------
-# Training
-# ---------------------------------------------------------------------------------------------
+class _Encoder(nn.Module):
+    """``x -> (backbone features, L2-normalised projector output)``: what the evaluation reads."""
 
-def checkpoint_dir(cfg: MocoConfig) -> Path:
-    return output_root() / "pth_models" / "moco_v3" / cfg.train.out_dir
+    def __init__(self, base_encoder: nn.Module):
+        super().__init__()
+        self.base_encoder = base_encoder
 
-
-def checkpoint_file(cfg: MocoConfig, epoch: int) -> Path:
-    return checkpoint_dir(cfg) / f"checkpoint_epoch{epoch:04d}.pth"
-
-
-def log_file(cfg: MocoConfig, suffix: str = "") -> Path:
-    return output_root() / "json_results" / "moco_v3" / f"{cfg.train.out_dir}{suffix}.json"
+    def forward(self, x):
+        features = self.base_encoder.backbone(x)  # (B, F)
+        return features, F.normalize(self.base_encoder.projector(features), dim=1)
 
 
-def saved_epochs(cfg: MocoConfig) -> list[int]:
-    """Epochs with a checkpoint in the run's folder, ascending."""
-    found = (re.fullmatch(r"checkpoint_epoch(\d+)\.pth", p.name) for p in checkpoint_dir(cfg).glob("*.pth"))
-    return sorted(int(match[1]) for match in found if match)
+class MoCoTask:
+    """MoCo-v3 for ``desupcon.engine.Trainer``: the model, the momentum schedule and the two views.
 
-
-def _load_matching(cfg: MocoConfig, epoch: int) -> dict:
-    """The checkpoint of ``epoch``; ``StaleRunError`` naming the differing keys if its config differs."""
-    path = checkpoint_file(cfg, epoch)
-    ckpt = load_checkpoint(path)
-    diff = config_diff(ckpt["config"], cfg.to_dict())
-    if diff:
-        raise StaleRunError(f"checkpoint {path} was trained with a different config ({describe_diff(diff)}); "
-                            f"pass force_retrain=True (FORCE_RETRAIN) to retrain, or choose another train.out_dir")
-    return ckpt
-
-
-def _amp_dtype(cfg: MocoConfig, device: torch.device) -> torch.dtype | None:
-    """bf16 on CUDA when amp is on (fp16 where the GPU lacks bf16); None = full precision."""
-    if not cfg.train.amp or device.type != "cuda":
-        return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-
-
-class _Pretrainer:
-    """Model, optimiser, schedules and random generators of one pretraining run."""
-
-    def __init__(self, cfg: MocoConfig, data: ImageDataset, device: torch.device):
-        t = cfg.train
-        self.cfg, self.data, self.device = cfg, data, device
-        self.per_rank = per_rank_batch(t.batch_size, dist.world_size())
-        self.steps_per_epoch = len(data) // (t.batch_size * t.accum_steps)
-        if self.steps_per_epoch < 1:
-            raise ConfigError(f"'train.batch_size' x 'train.accum_steps' = {t.batch_size * t.accum_steps} exceeds "
-                              f"the {len(data)} training images of '{cfg.data.dataset}': lower one of them")
-        self.total_steps = t.epochs * self.steps_per_epoch
-        self.global_step = 0
-        torch.manual_seed(t.seed)
-        self.model = build_model(cfg).to(device)
-        if dist.is_distributed() and device.type == "cuda":  # PyTorch's SyncBatchNorm runs on GPUs only
-            self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)  # heads (and ResNet) as moco-v3
-        self.forward = dist.wrap(self.model)
-        self.lr = t.base_lr * t.batch_size * t.accum_steps / 256
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        fast = {"fused": True} if device.type == "cuda" else {"foreach": True}
-        self.optimizer = torch.optim.AdamW(params, lr=self.lr, weight_decay=t.weight_decay, **fast)
-        warmup = t.warmup_epochs * self.steps_per_epoch
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda step: _lr_factor(step, warmup, self.total_steps))
-        self.amp_dtype = _amp_dtype(cfg, device)
-        self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype == torch.float16)
-        self.order_gen = torch.Generator(device=device).manual_seed(t.seed)  # same order on every rank
-        self.aug_gen = torch.Generator(device=device).manual_seed(t.seed + 1000003 * (dist.rank() + 1))
-
-    def state_dict(self) -> dict:
-        return {"encoder_q": self.model.base_encoder.backbone.state_dict(),
-                "proj_q": self.model.base_encoder.projector.state_dict(),
-                "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
-                "global_step": self.global_step,
-                "rng": {"order": self.order_gen.get_state(), "aug": self.aug_gen.get_state(),
-                        "torch": torch.get_rng_state()}}
-
-    def load_state_dict(self, state: dict):
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.scaler.load_state_dict(state["scaler"])
-        self.global_step = state["global_step"]
-        self.order_gen.set_state(state["rng"]["order"])
-        self.aug_gen.set_state(state["rng"]["aug"])
-        torch.set_rng_state(state["rng"]["torch"])
-
-    def _views(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        images, (view1, view2) = self.data.images[idx], PRESETS[self.cfg.data.augment]
-        size, mean, std = self.cfg.data.image_size, self.data.mean, self.data.std
-        return (augment(images, view1, mean, std, self.aug_gen, size),
-                augment(images, view2, mean, std, self.aug_gen, size))
-
-    def epoch(self, epoch: int, bar) -> dict:
-        """Train one epoch; the loss stays on the device and is read once, at the end."""
-        t, start = self.cfg.train, time.time()
-        self.model.train()
-        order = torch.randperm(len(self.data), generator=self.order_gen, device=self.device)
-        losses = torch.zeros(self.steps_per_epoch, device=self.device)
-        for step in range(self.steps_per_epoch):
-            m = momentum_at(self.global_step, self.total_steps, t.momentum, t.momentum_schedule)
-            for micro in range(t.accum_steps):
-                first = ((step * t.accum_steps + micro) * t.batch_size) + dist.rank() * self.per_rank
-                x1, x2 = self._views(order[first:first + self.per_rank])
-                last = micro == t.accum_steps - 1
-                no_sync = self.forward.no_sync() if dist.is_distributed() and not last else contextlib.nullcontext()
-                with no_sync:
-                    with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
-                        loss = self.forward(x1, x2, m if micro == 0 else None)
-                    self.scaler.scale(loss / t.accum_steps).backward()
-                losses[step] += loss.detach() / t.accum_steps
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scheduler.step()
-            self.global_step += 1
-            bar.update(1)
-        loss = losses.mean().item()
-        if not math.isfinite(loss):
-            raise NonFiniteLossError(
-                f"MoCo-v3 run '{t.out_dir}': the loss became {loss} in epoch {epoch}; the last checkpoint in "
-                f"{checkpoint_dir(self.cfg)} is kept; lower train.base_lr or raise train.warmup_epochs and "
-                f"rerun (training resumes)")
-        return {"epoch": epoch, "loss": loss, "lr": self.scheduler.get_last_lr()[0], "momentum": m,
-                "seconds": round(time.time() - start, 3)}
-
-
-def _summary(cfg: MocoConfig, history: list, cached: bool) -> dict:
-    return {"name": cfg.train.out_dir, "config": cfg.to_dict(), "cached": cached, "epochs": history,
-            "final_loss": history[-1]["loss"], "checkpoint_dir": str(checkpoint_dir(cfg)),
-            "checkpoints": [str(checkpoint_file(cfg, e)) for e in saved_epochs(cfg)], "log": str(log_file(cfg))}
-
-
-def pretrain(cfg: MocoConfig, resume: bool = True, force_retrain: bool = False, device=None) -> dict:
-    """Pretrain MoCo-v3 as ``cfg`` says, or reuse a finished run with the same config.
-
-    Args:
-        cfg: the run's config (see ``load_config``).
-        resume: continue from the newest checkpoint in the run's folder when it is not the final
-            one (default: True); False restarts from scratch.
-        force_retrain: delete the run's checkpoints and train anew (default: False).
-        device: training device (default: CUDA if available, else the CPU).
-
-    A checkpoint trained with another config raises ``StaleRunError`` naming the differing keys.
-    Returns ``{"name", "config", "cached", "epochs": per-epoch log, "final_loss", "checkpoint_dir",
-    "checkpoints", "log"}``.
+    Under DDP the model is wrapped in ``DistributedDataParallel`` and, on GPUs, its BatchNorm
+    layers (heads and ResNet) become ``SyncBatchNorm``, as in facebookresearch/moco-v3.
     """
-    device = torch.device(device) if device else default_device()
-    t = cfg.train
-    done = [] if force_retrain else saved_epochs(cfg)
-    if force_retrain and dist.is_main():
-        for epoch in saved_epochs(cfg):
-            checkpoint_file(cfg, epoch).unlink()
-    ckpt = _load_matching(cfg, done[-1]) if done else None
-    if ckpt is not None and ckpt["epoch"] == t.epochs:
+
+    def __init__(self, trainer, teacher=None):
+        cfg = self.cfg = trainer.cfg
+        self.trainer, self.data, self.device = trainer, trainer.data, trainer.device
+        per_rank_batch(cfg.train.batch_size, dist.world_size())
+        self.model = build_model(cfg).to(self.device)
+        if dist.is_distributed() and self.device.type == "cuda":  # PyTorch's SyncBatchNorm runs on GPUs only
+            self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+        self.forward = dist.wrap(self.model)
+        self.ddp_modules = [self.forward] if dist.is_distributed() else []
+        self.momentum = cfg.train.momentum
+        self._pending_momentum = None
+
+    def parameters(self) -> list:
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+    def extra_state(self) -> dict:
+        return {"encoder_q": self.model.base_encoder.backbone.state_dict(),
+                "proj_q": self.model.base_encoder.projector.state_dict()}
+
+    def load_extra_state(self, state: dict):
+        """Everything is in the model's state (the queue is one of its buffers)."""
+
+    def announce(self):
         if dist.is_main():
-            print(f"[cache] MoCo-v3 '{t.out_dir}': {t.epochs} epochs already trained ({checkpoint_file(cfg, t.epochs)})")
-        return _summary(cfg, ckpt["history"], cached=True)
-    with dist.main_first():  # rank 0 downloads, the others then read
-        data = load_dataset(cfg.data.dataset, train=True).to(device)
-    trainer = _Pretrainer(cfg, data, device)
-    history = []
-    if ckpt is not None and resume:
-        trainer.load_state_dict(ckpt)
-        history = ckpt["history"]
-        print(f"[resume] MoCo-v3 '{t.out_dir}': from epoch {ckpt['epoch']} of {t.epochs}")
-    if dist.is_main():
-        print(f"MoCo-v3 '{t.out_dir}': {cfg.model.backbone} on {cfg.data.dataset} at {cfg.data.image_size}px, "
-              f"lr = {t.base_lr} x {t.batch_size * t.accum_steps}/256 = {trainer.lr:.3g}, "
-              f"{trainer.steps_per_epoch} steps/epoch, amp {trainer.amp_dtype or 'off'}")
-        print(f"VRAM estimate (an estimate, not a measurement): {estimate_vram_gb(cfg):.2f} GB per process")
-    bar = tqdm(total=trainer.total_steps, initial=len(history) * trainer.steps_per_epoch, desc=t.out_dir,
-               disable=not dist.is_main(), mininterval=1.0)
-    for epoch in range(len(history) + 1, t.epochs + 1):
-        history.append(trainer.epoch(epoch, bar))
-        bar.set_postfix(loss=f"{history[-1]['loss']:.4f}")
-        if dist.is_main():
-            if epoch % t.checkpoint_every == 0 or epoch == t.epochs:
-                atomic_save({"format": CHECKPOINT_FORMAT, "config": cfg.to_dict(), "epoch": epoch,
-                             "history": history, **trainer.state_dict()}, checkpoint_file(cfg, epoch))
-            atomic_write_json({"name": t.out_dir, "config": cfg.to_dict(), "epochs": history}, log_file(cfg))
-    bar.close()
-    return _summary(cfg, history, cached=False)
+            cfg, t = self.cfg, self.cfg.train
+            print(f"MoCo-v3 '{t.out_dir}': {cfg.model.backbone} on {cfg.data.dataset} at {cfg.data.image_size}px, "
+                  f"lr = {t.base_lr} x {t.batch_size * t.accum_steps}/256 = {cfg.lr:.3g}, "
+                  f"{self.trainer.steps_per_epoch} steps/epoch, amp {self.trainer.autocast_dtype or 'off'}")
+            print(f"VRAM estimate (an estimate, not a measurement): {estimate_vram_gb(cfg):.2f} GB per process")
+
+    def train(self):
+        self.model.train()
+
+    def begin_step(self, global_step: int, total_steps: int):
+        """The key encoder's momentum of this step; it is updated once, before the first forward."""
+        t = self.cfg.train
+        self.momentum = momentum_at(global_step, total_steps, t.momentum, t.momentum_schedule)
+        self._pending_momentum = self.momentum
+
+    def log_entry(self) -> dict:
+        return {"momentum": self.momentum}
+
+    def encoder(self) -> nn.Module:
+        return _Encoder(self.model.base_encoder)
+
+    def loss(self, idx: torch.Tensor) -> tuple[torch.Tensor, None]:
+        images, (view1, view2) = self.data.train.images[idx], PRESETS[self.cfg.data.augment]
+        size, mean, std, gen = self.cfg.data.image_size, self.data.train.mean, self.data.train.std, self.trainer.aug_gen
+        x1, x2 = augment(images, view1, mean, std, gen, size), augment(images, view2, mean, std, gen, size)
+        m, self._pending_momentum = self._pending_momentum, None
+        return self.forward(x1, x2, m), None
+
+
+def pretrain(cfg: MocoConfig, force_retrain: bool = False, device=None) -> dict:
+    """Pretrain MoCo-v3 as ``cfg`` says (``desupcon.train.train``), resuming or reusing a cached run.
+
+    Returns the run's summary (``train``'s) with ``"epochs"`` (the per-epoch log) and ``"snapshots"``.
+    """
+    from .store import log_path, read_json
+    from .train import train
+
+    summary = train(cfg, force_retrain=force_retrain, device=device)
+    summary["epochs"] = read_json(log_path(cfg.name))["epochs"]
+    summary["snapshots"] = [str(snapshot_path(cfg.name, e)) for e in saved_snapshots(cfg.name)]
+    return summary
 
 
 def pretrain_from_yaml(path, overrides=()) -> dict:
     """``python -m desupcon pretrain CONFIG --set section.key=value ...`` (works under torchrun)."""
     dist.init_from_env()
-    summary = pretrain(load_config(path, overrides))
-    if dist.is_main():
-        print(f"[done] {summary['name']}: final loss {summary['final_loss']:.4f} | checkpoints "
-              f"{summary['checkpoint_dir']} | log {summary['log']}")
-    return summary
+    return pretrain(load_config(path, overrides))
 
-
-# ---------------------------------------------------------------------------------------------
-# Evaluation of saved checkpoints
-# ---------------------------------------------------------------------------------------------
 
 def load_encoder(cfg: MocoConfig, epoch: int, device="cpu") -> nn.Module:
-    """The base backbone (``encoder_q``) saved at ``epoch``, in eval mode; epoch 0 = its random init.
+    """The base encoder (``x -> (features, projections)``) saved at ``epoch``, in eval mode; 0 = its random init.
 
     The random init is the one ``pretrain`` starts from (same seed); the global RNG is left as it was.
-    A missing checkpoint raises ``FileNotFoundError`` naming it and the epochs available.
+    A missing snapshot raises ``FileNotFoundError`` naming it and the epochs available.
     """
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.train.seed)
-        backbone, _ = _backbone(cfg.model, cfg.data.image_size)
+        model = build_model(cfg)
     if epoch:
-        if not checkpoint_file(cfg, epoch).exists():
-            raise FileNotFoundError(f"no checkpoint {checkpoint_file(cfg, epoch)}; available epochs: "
-                                    f"{saved_epochs(cfg)} (0 = random init); pretrain first or choose among them")
-        backbone.load_state_dict(_load_matching(cfg, epoch)["encoder_q"])
-    return backbone.to(device).eval()
+        path = snapshot_path(cfg.name, epoch)
+        if not path.exists():
+            raise FileNotFoundError(f"no checkpoint {path}; available epochs: {saved_snapshots(cfg.name)} "
+                                    f"(0 = random init); pretrain first or choose among them")
+        ckpt = load_checkpoint(path)
+        diff = cfg.diff(ckpt["config"])
+        if diff:
+            raise StaleRunError(f"checkpoint {path} was trained with a different config ({describe_diff(diff)}); "
+                                f"pretrain again with --force-retrain, or choose another train.out_dir")
+        model.load_state_dict(ckpt["model"])
+    return _Encoder(model.base_encoder).to(device).eval()
 
 
-def extract_features(encoder: nn.Module, data: ImageDataset, image_size: int) -> torch.Tensor:
-    """Frozen features (N, F) of unaugmented, normalised images resized to ``image_size``."""
-    def transform(batch):
-        x = normalize(batch, data.mean, data.std)  # (B, C, H, W)
-        if x.shape[-1] == image_size:
-            return x
-        return F.interpolate(x, size=(image_size, image_size), mode="bilinear", antialias=True)
-
-    feats, = embed(encoder, data.images, data.mean, data.std, transform=transform)
-    return feats
-
-
-def evaluate_checkpoints(config_path, epochs, overrides=(), k: int = 200, temperature: float = 0.1,
-                         device=None) -> list[dict]:
-    """Weighted k-NN and linear probe (top-1/top-5) of the backbone saved at each of ``epochs``.
+def evaluate_checkpoints(config_path, epochs, overrides=(), device=None) -> list[dict]:
+    """The evaluation schema (``desupcon.evaluate.evaluate_encoder``) of the encoder saved at each of ``epochs``.
 
     Args:
         config_path: the YAML config the checkpoints were trained with.
         epochs: checkpoint epochs to evaluate; 0 = the random initialisation.
         overrides: ``"section.key=value"`` overrides, as given to ``pretrain`` (default: none).
-        k, temperature: neighbours and temperature of the cosine k-NN (default: 200, 0.1).
         device: evaluation device (default: CUDA if available, else the CPU).
 
-    Writes ``json_results/moco_v3/<out_dir>_checkpoint_eval.json`` and
-    ``plots/<out_dir>_accuracy_vs_epoch.png``; returns the points, one dict per epoch.
+    Writes ``json_results/<out_dir>_checkpoint_eval.json``; returns one dict per epoch (``"epoch"`` and
+    the schema's keys: ``knn_top1``, ``probe_top1``, ``probe_top5``, ``alignment``, ...). Plot them
+    with ``desupcon.plots.plot_accuracy_vs_epoch``.
     """
-    from .plots import plot_accuracy_vs_epoch
+    from .engine import default_device
 
     cfg = load_config(config_path, overrides)
     device = torch.device(device) if device else default_device()
-    train, test = load_splits(cfg.data.dataset, device)
+    data = Data.load(cfg.data.dataset, device)
     points = []
     for epoch in sorted(set(epochs)):
-        encoder = load_encoder(cfg, epoch, device)
-        f_train, f_test = (extract_features(encoder, split, cfg.data.image_size) for split in (train, test))
-        knn = knn_accuracy(f_train, train.labels, f_test, test.labels, test.num_classes, k=k, temperature=temperature)
-        probe = linear_probe(f_train, train.labels, f_test, test.labels, test.num_classes, seed=cfg.train.seed)
-        points.append({"epoch": epoch, "knn_top1": knn["top1"], "knn_top5": knn["top5"], "linear_top1": probe["top1"],
-                       "linear_top5": probe["top5"], "linear_train_top1": probe["train_top1"]})
-        print(f"epoch {epoch:4d}: k-NN top-1 {knn['top1']:.2f}% | linear top-1 {probe['top1']:.2f}%, "
-              f"top-5 {probe['top5']:.2f}%")
-    name = cfg.train.out_dir
-    atomic_write_json({"name": name, "config": cfg.to_dict(), "knn_k": k, "knn_temperature": temperature,
-                       "points": points}, log_file(cfg, "_checkpoint_eval"))
-    plot_accuracy_vs_epoch(points, output_root() / "plots" / f"{name}_accuracy_vs_epoch.png",
-                           title=f"MoCo-v3 {name}: frozen-feature accuracy")
+        results = evaluate_encoder(load_encoder(cfg, epoch, device), data, cfg.evaluation, cfg.seed,
+                                   image_size=cfg.data.image_size)
+        points.append({"epoch": epoch, **results})
+        print(f"epoch {epoch:4d}: k-NN top-1 {results['knn_top1']:.2f}% | linear top-1 {results['probe_top1']:.2f}%, "
+              f"top-5 {results['probe_top5']:.2f}%")
+    atomic_write_json({"name": cfg.name, "config": cfg.to_dict(), "points": points}, eval_path(cfg.name))
     return points

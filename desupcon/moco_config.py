@@ -1,4 +1,4 @@
-"""The YAML config of a MoCo-v3 run: sections ``data``, ``train`` and ``model``, typed and validated.
+"""The config of a MoCo-v3 run: sections ``data``, ``train``, ``model`` and ``eval`` (``desupcon.config`` system).
 
 ``load_config("configs/moco_v3_smoke.yaml", ["train.epochs=5"])`` reads a file with exactly these
 sections and keys, applies ``section.key=value`` overrides typed by the field, and checks every
@@ -8,38 +8,33 @@ the key. The resulting ``MocoConfig`` is stored in every checkpoint of the run.
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import re
-import typing
 from dataclasses import dataclass
-from pathlib import Path
 
-import yaml
+from .config import Config, ConfigError, EvalConfig, _choices_of_registry, checked
+from .models import BACKBONES
 
-from .config import DATASETS, ConfigError
-
-BACKBONES = ("vit_small", "resnet18", "resnet50")
-MOCO_AUGMENTATIONS = ("moco", "satellite")
 MOMENTUM_SCHEDULES = ("fixed", "cosine")
 
+
 @dataclass(frozen=True)
-class DataConfig:
+class DataConfig(Config):
     """Section ``data``.
 
-    dataset: "digits", "cifar10", "cifar100" or "stl10" (see ``desupcon.data``).
+    dataset: a dataset of ``desupcon.data.DATASETS`` (its train split is pretrained on; train and
+        test are the labelled splits of the evaluation).
     image_size: side of the square views fed to the backbone (96 for ViT-S/16 on STL-10).
     augment: view preset of ``desupcon.augment.PRESETS``: "moco" (asymmetric blur/solarise) or
         "satellite" (discrete rotations, both flips, pixel-space noise).
     """
 
-    dataset: str
-    image_size: int
-    augment: str
+    dataset: str = checked("digits", choices=_choices_of_registry("dataset"))
+    image_size: int = checked(16, ">= 8", lambda v: v >= 8)
+    augment: str = checked("moco", choices=_choices_of_registry("augment"))
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(Config):
     """Section ``train``.
 
     epochs: training length.
@@ -54,29 +49,31 @@ class TrainConfig:
     temperature: tau of the loss (0.2).
     queue_size: negative keys kept in a FIFO queue (0 = none, pure MoCo-v3); a multiple of batch_size.
     amp: mixed precision on CUDA (bf16, or fp16 with a GradScaler where bf16 is unsupported).
-    seed: seed of the initialisation, the data order and the augmentations.
-    checkpoint_every: a checkpoint every this many epochs (and at the end).
-    out_dir: run name: the checkpoint folder and the log file stem.
+    seed: RNG seed of the initialisation, the data order and the augmentations.
+    checkpoint_every: a snapshot every this many epochs (and at the end), kept for evaluation.
+    out_dir: run name: the checkpoint and log file stem.
     """
 
-    epochs: int
-    batch_size: int
-    base_lr: float
-    weight_decay: float
-    warmup_epochs: int
-    accum_steps: int
-    momentum: float
-    momentum_schedule: str
-    temperature: float
-    queue_size: int
-    amp: bool
-    seed: int
-    checkpoint_every: int
-    out_dir: str
+    epochs: int = checked(20, ">= 1", lambda v: v >= 1)
+    batch_size: int = checked(32, ">= 2 (the loss contrasts images within a batch)", lambda v: v >= 2)
+    base_lr: float = checked(0.03, "> 0 (moco-v3 ViT: 1.5e-4)", lambda v: v > 0)
+    weight_decay: float = checked(1e-4, ">= 0", lambda v: v >= 0)
+    warmup_epochs: int = checked(1, ">= 0", lambda v: v >= 0)
+    accum_steps: int = checked(1, ">= 1 (1 = no gradient accumulation)", lambda v: v >= 1)
+    momentum: float = checked(0.99, "in [0, 1) (moco-v3: 0.99)", lambda v: 0 <= v < 1)
+    momentum_schedule: str = checked("fixed", f"one of {list(MOMENTUM_SCHEDULES)}",
+                                     lambda v: v in MOMENTUM_SCHEDULES)
+    temperature: float = checked(0.2, "> 0 (moco-v3: 0.2)", lambda v: v > 0)
+    queue_size: int = checked(0, ">= 0 (0 = no queue)", lambda v: v >= 0)
+    amp: bool = True
+    seed: int = 42
+    checkpoint_every: int = checked(1, ">= 1", lambda v: v >= 1)
+    out_dir: str = checked("moco_v3", "a plain folder name (letters, digits, '_', '-', '.')",
+                           lambda v: re.fullmatch(r"[\w.-]+", v) is not None)
 
 
 @dataclass(frozen=True)
-class ModelConfig:
+class ModelConfig(Config):
     """Section ``model``.
 
     backbone: "vit_small" (ViT-S/16, 3-layer projector) or "resnet18"/"resnet50" (CIFAR ResNet,
@@ -89,114 +86,107 @@ class ModelConfig:
     patch_size: ViT patch side (16; ignored by ResNets).
     """
 
-    backbone: str
-    width: int
-    proj_hidden: int
-    proj_dim: int
-    pred_hidden: int
-    stop_grad_conv1: bool
-    patch_size: int
+    backbone: str = checked("resnet18", f"one of {list(BACKBONES)}", lambda v: v in BACKBONES)
+    width: int = checked(64, ">= 4", lambda v: v >= 4)
+    proj_hidden: int = checked(4096, ">= 1", lambda v: v >= 1)
+    proj_dim: int = checked(256, ">= 2", lambda v: v >= 2)
+    pred_hidden: int = checked(4096, ">= 1", lambda v: v >= 1)
+    stop_grad_conv1: bool = True
+    patch_size: int = checked(16, ">= 1", lambda v: v >= 1)
 
 
 @dataclass(frozen=True)
-class MocoConfig:
+class MocoConfig(Config):
     """A whole pretraining run, as read from YAML; stored in every checkpoint."""
 
-    data: DataConfig
-    train: TrainConfig
-    model: ModelConfig
+    data: DataConfig = DataConfig()
+    train: TrainConfig = TrainConfig()
+    model: ModelConfig = ModelConfig()
+    eval: EvalConfig = EvalConfig()
 
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+    method = "moco_v3"
+    role = "pretrain"
+    teacher = None
 
+    @property
+    def name(self) -> str:
+        return self.train.out_dir
 
-_SECTIONS = {"data": DataConfig, "train": TrainConfig, "model": ModelConfig}
-_TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+    reference_name = name
 
+    @property
+    def dataset(self) -> str:
+        return self.data.dataset
 
-def _coerce(value, typ, where: str):
-    """``value`` (a YAML scalar or an override string) as ``typ``, or ``ConfigError`` naming ``where``."""
-    if isinstance(value, str) and typ is not str:  # overrides, and YAML 1.1 floats such as 1e-4
-        if typ is bool:
-            value = {"true": True, "false": False}.get(value.lower(), value)
-        else:
-            with contextlib.suppress(ValueError):
-                value = typ(value)
-    if typ is float and type(value) is int:
-        value = float(value)
-    if type(value) is not typ:
-        raise ConfigError(f"{where} must be {_TYPE_NAMES[typ]}, got {value!r}")
-    return value
+    @property
+    def seeds(self) -> tuple[int, ...]:
+        return (self.train.seed,)
 
+    @property
+    def seed(self) -> int:
+        return self.train.seed
 
-def _require_exactly(raw: dict, expected: list[str], source: str, what: str, prefix: str = "") -> None:
-    """Every ``expected`` key present in ``raw`` and no other; errors name the file and the key."""
-    unknown = sorted(set(raw) - set(expected))
-    if unknown:
-        raise ConfigError(f"{source}: unknown {what} '{prefix}{unknown[0]}'; valid {what}s: {expected}")
-    missing = [key for key in expected if key not in raw]
-    if missing:
-        raise ConfigError(f"{source}: missing {what} '{prefix}{missing[0]}'")
+    @property
+    def views_preset(self) -> str:
+        return self.data.augment
 
+    @property
+    def uses_teacher(self) -> bool:
+        return False
 
-def _section(cls, raw, name: str, source: str):
-    """Build section ``name`` from its YAML mapping: every key present, none unknown, typed."""
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{source}: section '{name}' must be a mapping of keys, got {raw!r}")
-    types = typing.get_type_hints(cls)
-    _require_exactly(raw, list(types), source, "key", prefix=f"{name}.")
-    return cls(**{key: _coerce(raw[key], typ, f"{source}: '{name}.{key}'") for key, typ in types.items()})
+    @property
+    def lr(self) -> float:
+        """AdamW's peak lr: ``base_lr x batch_size x accum_steps / 256``."""
+        return self.train.base_lr * self.train.batch_size * self.train.accum_steps / 256
 
+    @property
+    def recipe(self):
+        from .engine import Recipe
 
-def _apply_override(cfg: MocoConfig, override: str) -> MocoConfig:
-    """Apply one ``section.key=value`` override, typed by the dataclass field."""
-    path, sep, value = override.partition("=")
-    section, _, key = path.partition(".")
-    valid = [f"{s}.{k}" for s, cls in _SECTIONS.items() for k in typing.get_type_hints(cls)]
-    if not sep or path not in valid:
-        raise ConfigError(f"override '{override}': expected SECTION.KEY=VALUE with SECTION.KEY one of {valid}")
-    old = getattr(cfg, section)
-    typed = _coerce(value, typing.get_type_hints(type(old))[key], f"override '{override}': '{path}'")
-    return dataclasses.replace(cfg, **{section: dataclasses.replace(old, **{key: typed})})
+        t = self.train
+        return Recipe(epochs=t.epochs, batch_size=t.batch_size, accum_steps=t.accum_steps, seed=t.seed,
+                      optimizer="adamw", lr=self.lr, weight_decay=t.weight_decay, sgd_momentum=0.9,
+                      schedule="cosine", warmup_epochs=t.warmup_epochs, amp=t.amp,
+                      checkpoint_every=t.checkpoint_every, snapshots=True)
 
+    @property
+    def evaluation(self) -> EvalConfig:
+        return self.eval
 
-def _validate(cfg: MocoConfig, source: str) -> MocoConfig:
-    d, t, m = cfg.data, cfg.train, cfg.model
-    rules = (
-        ("data.dataset", d.dataset in DATASETS, f"must be one of {list(DATASETS)}"),
-        ("data.image_size", d.image_size >= 8, "must be >= 8"),
-        ("data.augment", d.augment in MOCO_AUGMENTATIONS, f"must be one of {list(MOCO_AUGMENTATIONS)}"),
-        ("train.epochs", t.epochs >= 1, "must be >= 1"),
-        ("train.batch_size", t.batch_size >= 2, "must be >= 2 (the loss contrasts images within a batch)"),
-        ("train.base_lr", t.base_lr > 0, "must be > 0 (moco-v3 ViT: 1.5e-4)"),
-        ("train.weight_decay", t.weight_decay >= 0, "must be >= 0"),
-        ("train.warmup_epochs", 0 <= t.warmup_epochs < t.epochs, "must be in [0, train.epochs)"),
-        ("train.accum_steps", t.accum_steps >= 1, "must be >= 1 (1 = no gradient accumulation)"),
-        ("train.momentum", 0 <= t.momentum < 1, "must be in [0, 1) (moco-v3: 0.99)"),
-        ("train.momentum_schedule", t.momentum_schedule in MOMENTUM_SCHEDULES,
-         f"must be one of {list(MOMENTUM_SCHEDULES)}"),
-        ("train.temperature", t.temperature > 0, "must be > 0 (moco-v3: 0.2)"),
-        ("train.queue_size", t.queue_size >= 0, "must be >= 0 (0 = no queue)"),
-        ("train.checkpoint_every", t.checkpoint_every >= 1, "must be >= 1"),
-        ("train.out_dir", re.fullmatch(r"[\w.-]+", t.out_dir) is not None,
-         "must be a plain folder name (letters, digits, '_', '-', '.')"),
-        ("model.backbone", m.backbone in BACKBONES, f"must be one of {list(BACKBONES)}"),
-        ("model.width", m.width >= 4, "must be >= 4"),
-        ("model.proj_hidden", m.proj_hidden >= 1, "must be >= 1"),
-        ("model.proj_dim", m.proj_dim >= 2, "must be >= 2"),
-        ("model.pred_hidden", m.pred_hidden >= 1, "must be >= 1"),
-        ("model.patch_size", m.backbone != "vit_small" or d.image_size % m.patch_size == 0,
-         f"must divide data.image_size = {d.image_size}"),
-    )
-    for key, ok, requirement in rules:
-        if not ok:
-            section, name = key.split(".")
-            raise ConfigError(f"{source}: '{key}' = {getattr(getattr(cfg, section), name)!r} {requirement}")
-    return cfg
+    @property
+    def image_size(self) -> int:
+        return self.data.image_size
+
+    @property
+    def results_group(self) -> str:
+        return f"moco_v3_{self.data.dataset}"
+
+    def for_seed(self, seed: int) -> "MocoConfig":
+        return self
+
+    def run_name(self, seed: int) -> str:
+        return self.name
+
+    def _check_combinations(self, source: str | None = None, num_train: int | None = None,
+                            world_size: int = 1) -> None:
+        d, t, m = self.data, self.train, self.model
+        prefix = f"{source}: " if source else ""
+        fail = lambda key, value, requirement: ConfigError(f"{prefix}'{key}' = {value!r} {requirement}")
+        if t.warmup_epochs >= t.epochs:
+            raise fail("train.warmup_epochs", t.warmup_epochs, "must be in [0, train.epochs)")
+        if m.backbone == "vit_small" and d.image_size % m.patch_size:
+            raise fail("model.patch_size", m.patch_size, f"must divide data.image_size = {d.image_size}")
+        if t.batch_size % world_size:
+            multiple = -(-t.batch_size // world_size) * world_size
+            raise ConfigError(f"'train.batch_size' = {t.batch_size} is not divisible by the world size "
+                              f"{world_size}: choose a multiple of {world_size} (e.g. {multiple})")
+        if num_train is not None and num_train // (t.batch_size * t.accum_steps) < 1:
+            raise ConfigError(f"'train.batch_size' x 'train.accum_steps' = {t.batch_size * t.accum_steps} exceeds "
+                              f"the {num_train} training images of '{d.dataset}': lower one of them")
 
 
 def load_config(path, overrides=()) -> MocoConfig:
-    """Read a MoCo-v3 YAML config with exactly the sections ``data``, ``train`` and ``model``.
+    """Read a MoCo-v3 YAML config with exactly the sections ``data``, ``train``, ``model`` and ``eval``.
 
     Args:
         path: the YAML file.
@@ -206,12 +196,4 @@ def load_config(path, overrides=()) -> MocoConfig:
     A missing, unknown or mistyped section or key, or a bad value, raises ``ConfigError`` naming
     the file and the key, e.g. ``configs/x.yaml: missing key 'train.epochs'``.
     """
-    source = str(path)
-    raw = yaml.safe_load(Path(path).read_text())
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{source}: expected the sections {list(_SECTIONS)}, got {raw!r}")
-    _require_exactly(raw, list(_SECTIONS), source, "section")
-    cfg = MocoConfig(**{name: _section(cls, raw[name], name, source) for name, cls in _SECTIONS.items()})
-    for override in overrides:
-        cfg = _apply_override(cfg, override)
-    return _validate(cfg, source)
+    return MocoConfig.from_yaml(path, overrides)

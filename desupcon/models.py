@@ -1,7 +1,9 @@
-"""CIFAR ResNets on torchvision's ResNet, and the wrapper every student and teacher uses.
+"""Backbones and the wrapper every student and teacher uses.
 
-``ModelWrapper(num_classes, arch)`` returns ``(features, projections, logits)``: backbone
-features, L2-normalised projections (64-d by default) and classifier logits.
+CIFAR ResNets on torchvision's ResNet (``ARCHS``) and ViT-Small/16 (torchvision
+``VisionTransformer``, for MoCo-v3). ``ModelWrapper(num_classes, arch)`` returns ``(features,
+projections, logits)``: backbone features, L2-normalised projections (64-d by default) and
+classifier logits.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
-_ARCHS = {"resnet18": (BasicBlock, [2, 2, 2, 2]), "resnet50": (Bottleneck, [3, 4, 6, 3])}
+ARCHS = {"resnet18": (BasicBlock, [2, 2, 2, 2]), "resnet50": (Bottleneck, [3, 4, 6, 3])}
 
 
 class CifarResNet(ResNet):
@@ -24,9 +26,9 @@ class CifarResNet(ResNet):
     """
 
     def __init__(self, arch: str = "resnet18", width: int = 64):
-        if arch not in _ARCHS:
-            raise ValueError(f"unknown architecture '{arch}': choose one of {sorted(_ARCHS)}")
-        block, layers = _ARCHS[arch]
+        if arch not in ARCHS:
+            raise ValueError(f"unknown architecture '{arch}': choose one of {sorted(ARCHS)}")
+        block, layers = ARCHS[arch]
         nn.Module.__init__(self)  # ResNet.__init__ hard-codes width 64 and the ImageNet stem
         self._norm_layer, self.dilation, self.groups, self.base_width = nn.BatchNorm2d, 1, 1, 64
         self.inplanes = width
@@ -109,6 +111,49 @@ def fold_batchnorm(resnet: CifarResNet) -> CifarResNet:
 
 
 def build_model(cfg, num_classes: int) -> ModelWrapper:
-    """The network of a run: teachers get the linear cosine head, students the MLP head."""
+    """The network of a distillation run: teachers get the linear cosine head, students the MLP head."""
     projection = "mlp" if cfg.role == "student" else "linear"
     return ModelWrapper(num_classes, cfg.arch, cfg.width, cfg.proj_dim, projection)
+
+
+VIT_SMALL = dict(num_layers=12, num_heads=6, hidden_dim=384, mlp_dim=1536)
+BACKBONES = ("vit_small", *ARCHS)
+
+
+def freeze_patch_projection(vit: nn.Module) -> list[str]:
+    """Freeze the ViT patch projection (``conv_proj``) at its current weights; return the names frozen.
+
+    Raises ``RuntimeError`` if the model has no ``conv_proj`` parameter, so a renamed layer
+    never leaves the projection silently trainable.
+    """
+    frozen = [name for name, p in vit.named_parameters() if name.split(".")[0] == "conv_proj"]
+    if not frozen:
+        raise RuntimeError("ViT patch projection 'conv_proj' not found: cannot freeze it")
+    vit.conv_proj.requires_grad_(False)
+    print("✓ Froze ViT patch projection layer (conv_proj)")
+    return frozen
+
+
+def random_backbone(name: str, image_size: int, width: int = 64, patch_size: int = 16,
+                    **vit_arch) -> tuple[nn.Module, int]:
+    """A randomly initialised backbone of ``BACKBONES`` and its feature dimension (all layers trainable).
+
+    Args:
+        name: "vit_small" (features = the CLS token) or a CIFAR ResNet of ``ARCHS``.
+        image_size: input side (a multiple of ``patch_size`` for ViT).
+        width: first-stage channels of a ResNet (ignored by ViT).
+        patch_size: ViT patch side (ignored by ResNets).
+        vit_arch: overrides of ``VIT_SMALL`` (num_layers, num_heads, hidden_dim, mlp_dim), e.g. a
+            one-layer ViT in tests (default: ViT-Small).
+    """
+    if name == "vit_small":
+        from torchvision.models import VisionTransformer
+
+        arch = {**VIT_SMALL, **vit_arch}
+        vit = VisionTransformer(image_size=image_size, patch_size=patch_size, **arch)
+        vit.heads = nn.Identity()
+        return vit, arch["hidden_dim"]
+    if name in ARCHS:
+        resnet = CifarResNet(name, width)
+        return resnet, resnet.feature_dim
+    raise ValueError(f"unknown backbone '{name}': choose one of {list(BACKBONES)}")

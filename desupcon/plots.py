@@ -320,15 +320,15 @@ def plot_alignment_uniformity(results, path, reference=None):
 def plot_accuracy_vs_epoch(points, path, title=None):
     """k-NN and linear-probe accuracy of saved checkpoints against their epoch (PNG).
 
-    ``points`` is a list of dicts with ``epoch`` and any of ``knn_top1``, ``linear_top1``,
-    ``linear_top5`` (missing or None values are left out).
+    ``points`` is a list of dicts with ``epoch`` and any of ``knn_top1``, ``probe_top1``,
+    ``probe_top5`` (``evaluate_checkpoints``' points; missing or None values are left out).
     """
     if not points:
         raise ValueError("points must hold at least one evaluated checkpoint")
     points = sorted(points, key=lambda p: p["epoch"])
     fig = Figure(figsize=(7, 4.5))
     ax = fig.subplots()
-    series_labels = {"knn_top1": "k-NN top-1", "linear_top1": "linear top-1", "linear_top5": "linear top-5"}
+    series_labels = {"knn_top1": "k-NN top-1", "probe_top1": "linear top-1", "probe_top5": "linear top-5"}
     for key, label in series_labels.items():
         series = [(p["epoch"], p[key]) for p in points if p.get(key) is not None]
         if series:

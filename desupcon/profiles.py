@@ -1,7 +1,7 @@
 """Profiles bundle dataset, architectures, widths, epochs, batch sizes and sweep grids.
 
 ``smoke`` trains tiny networks on scikit-learn's bundled digits (no download, minutes on a CPU);
-``cifar100`` is the seed's recipe. ``DESUPCON_PROFILE`` selects one; ``auto`` (the default) picks
+``cifar100`` is the write-ups' recipe. ``DESUPCON_PROFILE`` selects one; ``auto`` (the default) picks
 ``cifar100`` on a CUDA machine and ``smoke`` otherwise.
 """
 
@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
-from .config import TEACHER_METHODS, ConfigError, RunConfig, validate
+from .config import ConfigError, RunConfig
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
 @dataclass(frozen=True)
@@ -44,43 +47,56 @@ class Profile:
     betas: tuple[float, ...]
     temperatures: tuple[float, ...]
     hybrid_lambdas: tuple[float, ...]
+    moco: str  # the MoCo-v3 YAML config of this profile, in configs/
 
     def teacher_config(self) -> RunConfig:
         """The teacher: ResNet-50 trained with cross-entropy."""
-        return validate(RunConfig(
+        return RunConfig(
             role="teacher", method="ce", profile=self.name, dataset=self.dataset, arch=self.teacher_arch,
             width=self.teacher_width, epochs=self.teacher_epochs, batch_size=self.batch_size,
             optimizer=self.teacher_optimizer, lr=self.teacher_lr, weight_decay=self.teacher_weight_decay,
-            warmup_epochs=1 if self.teacher_optimizer == "sgd" else 0, augment="standard",
-            knn_k=self.knn_k, probe_epochs=self.probe_epochs, seeds=self.seeds[:1]))
+            warmup_epochs=1 if self.teacher_optimizer == "sgd" else 0,
+            knn_k=self.knn_k, probe_epochs=self.probe_epochs, seeds=self.seeds[:1]).validate()
 
     def projection_config(self) -> RunConfig:
         """The teacher's 64-d cosine projection head, trained with SupCon on the frozen teacher."""
-        teacher = self.teacher_config()
-        return validate(RunConfig(
-            role="projection", method="supcon", profile=self.name, dataset=self.dataset, arch=self.teacher_arch,
-            width=self.teacher_width, epochs=self.projection_epochs, batch_size=self.batch_size,
-            lr=self.student_lr, weight_decay=0.0, knn_k=self.knn_k, probe_epochs=self.probe_epochs,
-            seeds=self.seeds[:1], teacher=teacher))
+        return RunConfig(
+            role="projection", method="supcon_head", profile=self.name, dataset=self.dataset,
+            arch=self.teacher_arch, width=self.teacher_width, epochs=self.projection_epochs,
+            batch_size=self.batch_size, lr=self.student_lr, weight_decay=0.0, knn_k=self.knn_k,
+            probe_epochs=self.probe_epochs, seeds=self.seeds[:1], teacher=self.teacher_config()).validate()
 
-    def recipe(self, role: str, method: str) -> RunConfig:
-        """This profile's config for a run of ``role`` and ``method`` (run names spell out what differs)."""
-        if role == "teacher":
+    def moco_config(self, overrides=()):
+        """This profile's MoCo-v3 run (``configs/<moco>``), with ``section.key=value`` overrides."""
+        from .moco_config import load_config
+
+        return load_config(CONFIGS / self.moco, overrides)
+
+    def recipe(self, run: str) -> RunConfig:
+        """This profile's config of ``run``: "teacher", "projection" or a student method of the registry."""
+        from .registry import runnable
+
+        if run == "teacher":
             return self.teacher_config()
-        if role == "projection":
+        if run == "projection":
             return self.projection_config()
-        return self.student_config(method)
+        if run not in runnable():
+            raise ConfigError(f"unknown run '{run}': choose one of {runnable()}")
+        return self.student_config(run)
 
     def student_config(self, method: str, **overrides) -> RunConfig:
         """A student distilled (or not) by ``method``; ``overrides`` replace any ``RunConfig`` field."""
+        from .registry import METHODS
+
+        needs_teacher = method in METHODS and METHODS[method].needs_teacher
         base = RunConfig(
             role="student", method=method, profile=self.name, dataset=self.dataset, arch=self.student_arch,
             width=self.student_width, epochs=self.student_epochs, batch_size=self.batch_size, optimizer="adam",
             lr=self.student_lr, weight_decay=self.student_weight_decay, knn_k=self.knn_k,
             probe_epochs=self.probe_epochs, seeds=self.seeds[:1],
-            augment="standard" if method in ("undistilled", "kd") else "supcon",
-            teacher=self.projection_config() if method in TEACHER_METHODS else None)
-        return base.replace(**overrides)
+            teacher=self.projection_config() if needs_teacher else None)
+        params = {k: overrides.pop(k) for k in list(overrides) if k in getattr(METHODS.get(method), "params", {})}
+        return base.replace(**overrides).replace(params=tuple(sorted(params.items())))
 
 
 PROFILES = {
@@ -90,7 +106,8 @@ PROFILES = {
         teacher_epochs=12, teacher_optimizer="adam", teacher_lr=2e-3, teacher_weight_decay=1e-4,
         projection_epochs=3, student_epochs=8, student_lr=2e-3, student_weight_decay=1e-4,
         bank_k=512, knn_k=20, probe_epochs=60, seeds=(42,), headline_seeds=(42, 43),
-        alphas=(1.0, 5.0), betas=(1.0, 10.0), temperatures=(0.05, 0.07), hybrid_lambdas=(0.5,)),
+        alphas=(1.0, 5.0), betas=(1.0, 10.0), temperatures=(0.05, 0.07), hybrid_lambdas=(0.5,),
+        moco="moco_v3_smoke.yaml"),
     "cifar100": Profile(
         name="cifar100", dataset="cifar100", teacher_arch="resnet50", student_arch="resnet18",
         teacher_width=64, student_width=64, batch_size=128,
@@ -98,7 +115,7 @@ PROFILES = {
         projection_epochs=10, student_epochs=50, student_lr=1e-3, student_weight_decay=1e-4,
         bank_k=4096, knn_k=200, probe_epochs=30, seeds=(42,), headline_seeds=(42, 43, 44),
         alphas=(1.0, 2.0, 5.0, 10.0), betas=(1.0, 5.0, 10.0, 12.0), temperatures=(0.05, 0.07),
-        hybrid_lambdas=(0.3, 0.5, 0.7, 0.9)),
+        hybrid_lambdas=(0.3, 0.5, 0.7, 0.9), moco="moco_v3_vit_small_stl10.yaml"),
 }
 
 

@@ -3,7 +3,8 @@
 ``run_sweep("03_lw_supcrd_sweeps", ["0", "1"], per_device=2)`` trains the grid's configs four at a
 time, two worker processes on each of GPUs 0 and 1. Each worker is a fresh Python process that
 sees only its GPU (``CUDA_VISIBLE_DEVICES``) and runs ``desupcon.train.train(cfg)`` on one config,
-writing its console output to ``json_results/training_logs/<run>.sweep.log``.
+writing its console output to ``json_results/training_logs/<run>.sweep.log``. Figures are drawn
+afterwards from the saved runs (``desupcon.analysis.draw_run``).
 
 The run cache does the bookkeeping: runs whose checkpoints are complete with an equal config are
 skipped before any worker starts, and a run killed part-way resumes from its last epoch
@@ -22,11 +23,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .config import ConfigError, RunConfig
-from .runs import CheckpointError, StaleRunError, cached_checkpoint, log_path
+from .store import CheckpointError, StaleRunError, cached_checkpoint, log_path
 
 POLL_SECONDS = 0.2
 DONE = ("cached", "trained")
-WORKER = "import sys; from desupcon.sweep import _worker; _worker(sys.argv[1], sys.argv[2] == 'True')"
+WORKER = "import sys; from desupcon.sweep import _worker; _worker(sys.argv[1])"
 
 
 class SweepError(RuntimeError):
@@ -64,8 +65,8 @@ class Job:
                 "start": self.start, "end": self.end, "log": str(self.log)}
 
 
-def run_sweep(grid: str | list[RunConfig], devices: list[str], per_device: int = 1, profile: str | None = None,
-              plots: bool = True) -> list[dict]:
+def run_sweep(grid: str | list[RunConfig], devices: list[str], per_device: int = 1,
+              profile: str | None = None) -> list[dict]:
     """Train the configs of ``grid`` in parallel, one worker process per device slot.
 
     Args:
@@ -74,7 +75,6 @@ def run_sweep(grid: str | list[RunConfig], devices: list[str], per_device: int =
         devices: one entry per device: a CUDA device id (``"0"``) or ``"cpu"`` for a CPU worker.
         per_device: worker processes per device (default 1; more share a GPU between small runs).
         profile: the profile of a named grid (default None: ``$DESUPCON_PROFILE``, then auto).
-        plots: write each run's plots (t-SNE, hypersphere, alignment, curves; default True).
 
     Returns one row per run, the teachers the grid builds on included, after printing them as a
     table: ``{"name", "status", "device", "seconds", "start", "end", "log"}``, the status "cached",
@@ -87,7 +87,7 @@ def run_sweep(grid: str | list[RunConfig], devices: list[str], per_device: int =
         if _is_cached(job.cfg):
             job.status = "cached"
     _download([job.cfg.dataset for job in jobs if job.status == "pending"])
-    _schedule(jobs, slots, threads=max(1, (os.cpu_count() or 1) // len(slots)), plots=plots)
+    _schedule(jobs, slots, threads=max(1, (os.cpu_count() or 1) // len(slots)))
     print(_table(jobs))
     failed = [job for job in jobs if job.status == "failed"]
     if failed:
@@ -152,7 +152,7 @@ def _download(datasets: list[str]):
         load_splits(name)
 
 
-def _schedule(jobs: list[Job], slots: list[str], threads: int, plots: bool):
+def _schedule(jobs: list[Job], slots: list[str], threads: int):
     """Run the pending jobs: whenever a slot is free it takes the first job whose teacher is done."""
     by_name = {job.cfg.name: job for job in jobs}
     free, running = list(slots), []
@@ -169,16 +169,16 @@ def _schedule(jobs: list[Job], slots: list[str], threads: int, plots: bool):
                 job.status = "failed"
                 print(f"[sweep] failed  {job.cfg.name}: its teacher {teacher.cfg.name} failed", flush=True)
             elif teacher is None or teacher.status in DONE:
-                _launch(job, free.pop(0), threads, plots)
+                _launch(job, free.pop(0), threads)
                 running.append(job)
         time.sleep(POLL_SECONDS)
 
 
-def _launch(job: Job, device: str, threads: int, plots: bool):
+def _launch(job: Job, device: str, threads: int):
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "" if device == "cpu" else device, "OMP_NUM_THREADS": str(threads)}
     job.log.parent.mkdir(parents=True, exist_ok=True)
     with open(job.log, "w") as log:
-        job.process = subprocess.Popen([sys.executable, "-c", WORKER, json.dumps(job.cfg.to_dict()), str(plots)],
+        job.process = subprocess.Popen([sys.executable, "-c", WORKER, json.dumps(job.cfg.to_dict())],
                                        stdout=log, stderr=subprocess.STDOUT, env=env)
     job.status, job.device, job.start = "running", device, time.time()
     print(f"[sweep] start   {job.cfg.name} on {device if device == 'cpu' else 'cuda:' + device} (log: {job.log})",
@@ -201,8 +201,8 @@ def _table(jobs: list[Job]) -> str:
     return "\n".join(lines)
 
 
-def _worker(config_json: str, plots: bool):
+def _worker(config_json: str):
     """Body of one worker process: train (or resume) the config in ``config_json`` (``RunConfig.to_dict``)."""
     from .train import train
 
-    train(RunConfig.from_dict(json.loads(config_json)), plots=plots)
+    train(RunConfig.from_dict(json.loads(config_json)))

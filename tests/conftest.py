@@ -26,6 +26,6 @@ def smoke_home(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("DESUPCON_HOME", str(root))
         profile = PROFILES["smoke"]
-        train(profile.teacher_config(), plots=False)
-        train(profile.projection_config(), plots=False)
+        train(profile.teacher_config())
+        train(profile.projection_config())
     return root

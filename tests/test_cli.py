@@ -8,13 +8,26 @@ import pytest
 
 from desupcon.__main__ import main
 from desupcon.data import DatasetUnavailableError, load_dataset
+from desupcon.profiles import CONFIGS
+
+SMOKE_YAML = CONFIGS / "moco_v3_smoke.yaml"
 
 
 @pytest.mark.parametrize("argv,message", [
     (["train", "teacher", "--profile", "huge"], "unknown profile 'huge'"),
     (["train", "teacher", "--profile", "smoke", "--set", "arch=resnet34"], "'arch' = 'resnet34': must be one of"),
     (["train", "undistilled", "--profile", "smoke", "--set", "lr=-0.001"], "'lr' = -0.001: must be > 0"),
-    (["train", "simclr", "--profile", "smoke"], "unknown run 'simclr'"),
+    (["train", "simclr", "--profile", "smoke"],
+     "unknown run 'simclr': choose one of ['teacher', 'projection', 'undistilled', 'supcon', 'crd', 'kd', "
+     "'lw_supcrd', 'hybrid']"),
+    (["train", "lw_supcrd", "--profile", "smoke", "--set", "teacher.teacher.lr=-1"],
+     "config field 'teacher.teacher.lr' = -1.0: must be > 0"),
+    (["train", "undistilled", "--profile", "smoke", "--set", "nope=1"], "override 'nope=1': unknown key 'nope'"),
+    (["train", "undistilled", "--profile", "smoke", "--set", "margin=0.3"], "override 'margin=0.3': unknown key"),
+    (["train", str(CONFIGS / "nope.yaml")], f"config file {CONFIGS / 'nope.yaml'} not found; configs in"),
+    (["train", str(SMOKE_YAML), "--set", "train.nope=1"], "override 'train.nope=1': unknown key"),
+    (["pretrain", str(SMOKE_YAML), "--set", "train.epochs=0"],
+     "config field 'train.epochs' = 0: must be >= 1"),
 ])
 def test_bad_input_is_one_line_naming_the_field(argv, message, capsys):
     assert main(argv) == 2
@@ -37,4 +50,12 @@ def test_missing_dataset_without_network(monkeypatch, tmp_path, capsys):
 
 def test_module_entry_point_runs():
     out = subprocess.run([sys.executable, "-m", "desupcon", "--help"], capture_output=True, text=True, check=True)
-    assert "reproduce" in out.stdout and "train" in out.stdout
+    assert "reproduce" in out.stdout and "train" in out.stdout and "pretrain" in out.stdout
+
+
+def test_train_help_lists_the_registry_runs():
+    from desupcon.registry import runnable
+
+    out = subprocess.run([sys.executable, "-m", "desupcon", "train", "--help"], capture_output=True, text=True,
+                         check=True)
+    assert all(run in " ".join(out.stdout.split()) for run in runnable()) and "YAML" in out.stdout

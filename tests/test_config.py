@@ -1,23 +1,32 @@
 """Config validation in one place: every bad value is refused before work starts, naming the field."""
 
+import re
+
 import pytest
 
-from desupcon.config import ConfigError, RunConfig, config_diff, parse_overrides, validate
+from desupcon.config import ConfigError, EvalConfig, RunConfig, config_diff, parse_overrides, validate
 from desupcon.profiles import PROFILES, resolve_profile
 
 SMOKE = PROFILES["smoke"]
 STUDENT = SMOKE.student_config("lw_supcrd")
 
 BAD = [  # (changes, words the message must contain)
-    (dict(arch="resnet34"), "'arch' = 'resnet34': must be one of"),
+    (dict(arch="resnet34"), "'arch' = 'resnet34': must be one of ['resnet18', 'resnet50']"),
     (dict(dataset="imagenet"), "'dataset' = 'imagenet'"),
     (dict(method="simclr"), "'method' = 'simclr'"),
+    (dict(method="supcon_head"), "'method' = 'supcon_head': a student run uses method 'undistilled' or"),
     (dict(role="critic"), "'role' = 'critic'"),
     (dict(optimizer="lion"), "'optimizer' = 'lion'"),
     (dict(augment="randaugment"), "'augment' = 'randaugment'"),
     (dict(lr=-0.1), "'lr' = -0.1: must be > 0"),
     (dict(lr=0.0), "'lr' = 0.0: must be > 0"),
-    (dict(lr="1e-3"), "'lr' = '1e-3': must be a number"),
+    (dict(lr="1e-3"), "'lr' = '1e-3': must be a finite number"),
+    (dict(lr=float("nan")), "'lr' = nan: must be a finite number"),
+    (dict(temperature=float("inf")), "'temperature' = inf: must be a finite number"),
+    (dict(accum_steps=0), "'accum_steps' = 0: must be >= 1"),
+    (dict(schedule="step"), "'schedule' = 'step': must be one of ['cosine', 'constant']"),
+    (dict(probe_epochs=0), "'probe_epochs' = 0: must be >= 1"),
+    (dict(params=(("margin", 0.3),)), "['margin'] are not hyperparameters of method 'lw_supcrd'"),
     (dict(weight_decay=-1e-4), "'weight_decay' = -0.0001: must be >= 0"),
     (dict(epochs=0), "'epochs' = 0: must be >= 1"),
     (dict(epochs=2.5), "'epochs' = 2.5: must be an int"),
@@ -52,7 +61,7 @@ def test_bad_config_is_refused_with_a_message_naming_the_field(changes, message)
 
 
 def test_bank_only_for_methods_that_use_one():
-    with pytest.raises(ConfigError, match="memory bank is used only by crd, lw_supcrd and hybrid"):
+    with pytest.raises(ConfigError, match="'bank_k' = 64: a memory bank is used only by crd, lw_supcrd, hybrid students; set bank_k=0"):
         SMOKE.student_config("supcon", bank_k=64)
 
 
@@ -88,24 +97,47 @@ def test_names_are_human_readable_and_follow_the_seed():
     assert cifar.student_config("crd", bank_k=4096).name == "student_baseline_crd_temp_0.07_bank4096_resnet18_cifar100"
 
 
-def test_names_spell_out_what_differs_from_the_profile_recipe():
+def _hashed(cfg) -> str:
+    """The 8-hex hash after ``reference_name`` in ``cfg.name`` (which must have one)."""
+    assert re.fullmatch(re.escape(cfg.reference_name) + r"_[0-9a-f]{8}", cfg.name), cfg.name
+    return cfg.name[len(cfg.reference_name) + 1:]
+
+
+def test_names_spell_out_the_named_hyperparameters_and_hash_the_rest():
     smoke = PROFILES["smoke"]
-    assert smoke.student_config("undistilled").name == "student_undistilled_resnet18_digits"
-    assert smoke.student_config("undistilled", lr=3e-3, epochs=4).name == \
-        "student_undistilled_resnet18_digits_epochs_4_lr_0.003"
-    assert smoke.student_config("undistilled", lr=smoke.student_lr).name == "student_undistilled_resnet18_digits"
-    assert smoke.student_config("lw_supcrd", alpha=2.0, epochs=1).name == \
-        "student_alpha_2.0_beta_10.0_temp_0.07_resnet18_digits_epochs_1"
-    assert smoke.student_config("kd", temperature=0.5).name == \
-        "student_baseline_kd_T_4.0_resnet18_digits_temperature_0.5"  # KD's name does not spell tau
+    recipe = smoke.student_config("undistilled")
+    assert recipe.reference_name == "student_undistilled_resnet18_digits"
+    _hashed(recipe)  # the smoke recipe differs from the write-ups' defaults (width, epochs, ...)
+    changed = smoke.student_config("undistilled", lr=3e-3, epochs=4)
+    assert changed.reference_name == recipe.reference_name and _hashed(changed) != _hashed(recipe)
+    assert smoke.student_config("undistilled", lr=3e-3, epochs=4).name == changed.name  # equal configs, equal names
+    assert smoke.student_config("undistilled", lr=smoke.student_lr).name == recipe.name
+    assert smoke.student_config("undistilled", lr=3e-3).name not in (recipe.name, changed.name)
+    lw = smoke.student_config("lw_supcrd", alpha=2.0, epochs=1)
+    assert lw.reference_name == "student_alpha_2.0_beta_10.0_temp_0.07_resnet18_digits"  # alpha is named
+    assert "alpha" not in lw.unnamed_changes() and lw.unnamed_changes()["epochs"] == 1
+    kd = smoke.student_config("kd", temperature=0.5)
+    assert kd.reference_name == smoke.student_config("kd").reference_name == \
+        "student_baseline_kd_T_4.0_resnet18_digits"  # KD's name does not spell tau: it is hashed
+    assert kd.unnamed_changes()["temperature"] == 0.5 and kd.name != smoke.student_config("kd").name
     teacher = smoke.teacher_config().replace(epochs=3)
-    assert teacher.name == "teacher_resnet50_digits_epochs_3"
+    assert teacher.reference_name == "teacher_resnet50_digits" and teacher.name != smoke.teacher_config().name
     projection = smoke.projection_config().replace(teacher=teacher)
-    assert projection.name == "teacher_resnet50_digits_with_projection_from_teacher_resnet50_digits_epochs_3"
-    assert smoke.student_config("crd", teacher=projection).name == \
-        f"student_baseline_crd_temp_0.07_resnet18_digits_from_{projection.name}"
+    assert projection.reference_name == "teacher_resnet50_digits_with_projection"
+    assert projection.unnamed_changes()["teacher"] == teacher.name  # a changed teacher renames its students
+    assert projection.name != smoke.projection_config().name
+    crd = smoke.student_config("crd", teacher=projection)
+    assert crd.reference_name == "student_baseline_crd_temp_0.07_resnet18_digits"
+    assert crd.unnamed_changes()["teacher"] == projection.name and crd.name != smoke.student_config("crd").name
     assert smoke.student_config("lw_supcrd", seeds=(1, 2)).name == smoke.student_config("lw_supcrd").name
-    assert smoke.student_config("lw_supcrd", epochs=1).seed_name == smoke.student_config("lw_supcrd").name
+    assert smoke.student_config("lw_supcrd", epochs=1).reference_name == smoke.student_config("lw_supcrd").reference_name
+    assert smoke.teacher_config().name == "teacher_resnet50_digits_2118a16d"  # stable across sessions (API.md)
+
+
+def test_run_names_follow_the_seed():
+    cfg = SMOKE.student_config("undistilled", seeds=(42, 7))
+    assert cfg.run_name(42) == cfg.name and cfg.run_name(7) == f"{cfg.name}_seed7"
+    assert cfg.for_seed(7).seeds == (7,) and cfg.for_seed(7).name == cfg.name
 
 
 def test_round_trip_and_diff_name_nested_fields():
@@ -113,12 +145,42 @@ def test_round_trip_and_diff_name_nested_fields():
     assert RunConfig.from_dict(d) == STUDENT
     changed = STUDENT.replace(lr=0.5, teacher=STUDENT.teacher.replace(epochs=9))
     assert set(config_diff(d, changed.to_dict())) == {"lr", "teacher.epochs"}
+    assert changed.diff(d) == {"lr": (STUDENT.lr, 0.5), "teacher.epochs": (STUDENT.teacher.epochs, 9)}
+    assert STUDENT.diff(d) == {}
 
 
 def test_overrides_are_typed():
     assert parse_overrides(["alpha=2", "adaptive_beta=false", "seeds=1,2", "arch=resnet50"]) == \
         dict(alpha=2.0, adaptive_beta=False, seeds=(1, 2), arch="resnet50")
-    with pytest.raises(ConfigError, match="'x' is not a valid float for field 'lr'"):
+    with pytest.raises(ConfigError, match="override 'lr=x': 'lr' must be a finite number, got 'x'"):
         parse_overrides(["lr=x"])
-    with pytest.raises(ConfigError, match="expected FIELD=VALUE"):
+    with pytest.raises(ConfigError, match="override 'teacher=foo': 'teacher' is a section; set one of its keys"):
         parse_overrides(["teacher=foo"])
+    with pytest.raises(ConfigError, match="override 'lr': expected KEY=VALUE with KEY one of \\['role'"):
+        parse_overrides(["lr"])
+    with pytest.raises(ConfigError, match="override 'nope=1': unknown key 'nope'; valid keys: "):
+        parse_overrides(["nope=1"])
+
+
+def test_override_reaches_nested_teachers_and_validates():
+    cfg = STUDENT.override(["alpha=2", "teacher.epochs=5", "teacher.teacher.epochs=2"])
+    assert (cfg.alpha, cfg.teacher.epochs, cfg.teacher.teacher.epochs) == (2.0, 5, 2)
+    assert cfg.teacher.teacher.lr == STUDENT.teacher.teacher.lr  # nothing else changed
+    with pytest.raises(ConfigError, match="config field 'teacher.teacher.lr' = -1.0: must be > 0"):
+        STUDENT.override(["teacher.teacher.lr=-1"])
+    with pytest.raises(ConfigError, match="config field 'lr' = -0.5: must be > 0"):
+        STUDENT.override(["lr=-0.5"])
+    with pytest.raises(ConfigError, match="'lr' has no sub-keys"):
+        STUDENT.override(["lr.x=1"])
+
+
+def test_evaluation_recipe_and_results_group_come_from_the_config():
+    cfg = SMOKE.student_config("lw_supcrd", epochs=3, accum_steps=2, schedule="constant")
+    assert cfg.evaluation == EvalConfig(knn_k=SMOKE.knn_k, probe_epochs=SMOKE.probe_epochs)
+    recipe = cfg.recipe
+    assert (recipe.epochs, recipe.batch_size, recipe.accum_steps, recipe.schedule, recipe.lr, recipe.seed) == \
+        (3, SMOKE.batch_size, 2, "constant", SMOKE.student_lr, 42)
+    assert cfg.results_group == "resnet18_digits" and SMOKE.teacher_config().results_group == "resnet50_digits"
+    assert RunConfig().probe_epochs == 30
+    assert cfg.views_preset == "supcon" and SMOKE.student_config("kd").views_preset == "standard"
+    assert cfg.replace(augment="moco").views_preset == "moco"

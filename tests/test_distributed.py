@@ -6,14 +6,19 @@ equals the one-process loss, the DDP-averaged gradients of the student and of th
 head equal the one-process gradients, and the memory bank is the same on both ranks and in the one
 process. The real ``Trainer`` runs both; ``augment="none"`` gives both the same views. A resumed
 rank gets its own augmentation stream back from rank 0's checkpoint. MoCo-v3 (symmetric loss with
-keys gathered from every rank, a negative queue, the momentum update) passes the same comparison.
+keys gathered from every rank, a negative queue, the momentum update) passes the same comparison,
+and a 2-rank MoCo-v3 pretraining through ``desupcon.train.train`` stopped after its first epoch and
+relaunched ends with the same weights, bit for bit, as the uninterrupted 2-rank run (each rank gets
+its own augmentation stream back).
 
 On CPUs (gloo) the networks run in eval mode, whose BatchNorm is per image: PyTorch's SyncBatchNorm,
 which the Trainer uses under DDP, has no CPU kernel. With two GPUs (NCCL) they run in train mode and
 the comparison covers SyncBatchNorm too.
 """
 
+import contextlib
 import functools
+import io
 import os
 import socket
 from pathlib import Path
@@ -23,11 +28,14 @@ import torch
 import torch.multiprocessing as mp
 
 from desupcon import distributed as dist
-from desupcon import moco
+from desupcon import engine, moco
 from desupcon.augment import normalize
+from desupcon.data import Data, ImageDataset, load_splits
+from desupcon.engine import Trainer
 from desupcon.models import ModelWrapper
 from desupcon.profiles import PROFILES
-from desupcon.train import Data, Trainer
+from desupcon.store import checkpoint_path, load_checkpoint, snapshot_path
+from desupcon.train import train
 
 MOCO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "moco_v3_smoke.yaml"
 WORLD, BATCH, STEPS = 2, 16, 2  # BATCH is the global batch: BATCH // WORLD images per rank and step
@@ -77,14 +85,14 @@ def _steps(method: str, changes: dict, device: str, batches: torch.Tensor) -> di
     trainer = Trainer(_config(method, **changes), _data(device), device, _teacher(device), fast=False)
     trainer.model.train(device != "cpu")  # see the module docstring
     named = list(trainer.model.named_parameters())
-    if trainer.teacher is not None:
-        named += [(f"teacher.head.{name}", p) for name, p in trainer.teacher.head.named_parameters()]
+    if trainer.task.teacher is not None:
+        named += [(f"teacher.head.{name}", p) for name, p in trainer.task.teacher.head.named_parameters()]
     out = {"loss": [], "grads": []}
     for idx in batches:
         loss, _ = trainer.step(idx)
         out["loss"].append(loss.cpu())
         out["grads"].append({name: p.grad.cpu() for name, p in named if p.grad is not None})
-    out["bank"] = None if trainer.bank is None else trainer.bank.feats.cpu()
+    out["bank"] = None if trainer.task.bank is None else trainer.task.bank.feats.cpu()
     return out
 
 
@@ -123,16 +131,23 @@ def _augmentation_streams(device: str, idx: torch.Tensor) -> tuple[torch.Tensor,
 
 def _rank_main(rank: int, port: int, device_type: str, out_dir: str):
     """One DDP rank, started the way torchrun starts it (environment variables + ``init_from_env``)."""
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
-                      WORLD_SIZE=str(WORLD))
-    torch.set_num_threads(1)
-    dist.init_from_env()
+    _init_rank(rank, port, cpu=device_type == "cpu")
     device = "cpu" if device_type == "cpu" else f"cuda:{rank}"
     per_rank = BATCH // WORLD
     batches = _batches(device)[:, rank * per_rank:(rank + 1) * per_rank]  # (STEPS, B/W)
     results = {"cases": {name: _steps(method, changes, device, batches) for name, (method, changes) in CASES.items()},
                "moco": _moco_steps(device, batches), "augmentation": _augmentation_streams(device, batches[0])}
     torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
+
+
+def _init_rank(rank: int, port: int, cpu: bool):
+    """The environment torchrun gives rank ``rank``, then ``init_from_env`` (gloo where the ranks run on CPUs)."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
+                      WORLD_SIZE=str(WORLD))
+    if cpu:  # init_from_env picks NCCL whenever a GPU is visible
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
+    torch.set_num_threads(1)
+    dist.init_from_env()
 
 
 def _free_port() -> int:
@@ -194,3 +209,81 @@ def test_resume_gives_each_rank_its_augmentation_stream_back(ddp):
         saved, resumed = r["augmentation"]
         assert torch.equal(resumed, saved)
     assert not torch.equal(ranks[0]["augmentation"][0], ranks[1]["augmentation"][0])  # distinct streams
+
+
+# --- MoCo-v3 pretraining under DDP: stopped after epoch 1, relaunched, bit-identical to the uninterrupted run
+
+MOCO_RESUME = [f"train.batch_size={BATCH}", f"train.queue_size={4 * BATCH}", "train.epochs=2", "model.width=4",
+               "model.proj_hidden=32", "model.pred_hidden=32", "model.proj_dim=8", "eval.knn_k=20",
+               "eval.probe_epochs=1"]
+
+
+class _Stopped(Exception):
+    """Raised by a rank right after its first epoch checkpoint, as if the job had been killed there."""
+
+
+def _moco_data() -> Data:
+    """128 training images (8 steps of 16 per epoch) and 64 test images of the digits, on the CPU."""
+    first = lambda ds, n: ImageDataset(ds.name, ds.images[:n].clone(), ds.labels[:n].clone(), ds.num_classes,
+                                       ds.mean, ds.std)
+    tr, te = load_splits("digits")
+    return Data(first(tr, 128), first(te, 64))
+
+
+def _moco_rank_main(rank: int, port: int, home: str, stop_after_first_save: bool, out_dir: str):
+    """One DDP rank of ``train(cfg)`` for the MoCo-v3 smoke config, optionally stopped after epoch 1."""
+    _init_rank(rank, port, cpu=True)
+    os.environ["DESUPCON_HOME"] = home
+    cfg = moco.load_config(MOCO_CONFIG, MOCO_RESUME)
+    stopped = False
+    if stop_after_first_save:
+        save = engine._save
+
+        def save_then_stop(*args, **kwargs):  # every rank takes part in the save, then every rank stops
+            save(*args, **kwargs)
+            raise _Stopped
+
+        engine._save = save_then_stop
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        try:
+            train(cfg, data=_moco_data(), device="cpu")
+        except _Stopped:
+            stopped = True
+    torch.save({"stdout": out.getvalue(), "stopped": stopped}, os.path.join(out_dir, f"rank{rank}.pt"))
+
+
+def _launch_moco(home: Path, stop_after_first_save: bool, out: Path) -> list[dict]:
+    out.mkdir()
+    mp.spawn(_moco_rank_main, args=(_free_port(), str(home), stop_after_first_save, str(out)), nprocs=WORLD)
+    return [torch.load(out / f"rank{r}.pt") for r in range(WORLD)]
+
+
+def test_ddp_moco_v3_resume_after_epoch_1_is_bit_identical(tmp_path, monkeypatch):
+    cfg = moco.load_config(MOCO_CONFIG, MOCO_RESUME)
+    name = cfg.name
+    uninterrupted_home, resumed_home = tmp_path / "uninterrupted", tmp_path / "resumed"
+    full = _launch_moco(uninterrupted_home, False, tmp_path / "full")
+    assert not any(r["stopped"] for r in full)
+    first = _launch_moco(resumed_home, True, tmp_path / "first")
+    assert all(r["stopped"] for r in first)  # both ranks stopped right after the epoch-1 checkpoint
+    monkeypatch.setenv("DESUPCON_HOME", str(resumed_home))
+    stopped_at = load_checkpoint(checkpoint_path(name))
+    assert stopped_at["epoch"] == 1 and not stopped_at["complete"]
+    second = _launch_moco(resumed_home, False, tmp_path / "second")
+    assert f"[resume] {name}: from epoch 1 of 2" in second[0]["stdout"], second[0]["stdout"]
+    assert not any(r["stopped"] for r in second)
+    resumed = load_checkpoint(checkpoint_path(name))
+
+    monkeypatch.setenv("DESUPCON_HOME", str(uninterrupted_home))
+    reference, reference_epoch1 = load_checkpoint(checkpoint_path(name)), load_checkpoint(snapshot_path(name, 1))
+    assert reference["complete"] and resumed["complete"] and resumed["epoch"] == reference["epoch"] == 2
+    assert resumed["model"].keys() == reference["model"].keys()
+    for key, value in reference["model"].items():  # weights, momentum encoder and queue: bit-identical
+        assert torch.equal(resumed["model"][key], value), f"model[{key!r}] differs after the resume"
+    assert [e["loss"] for e in resumed["history"]] == [e["loss"] for e in reference["history"]]
+    for ckpt in (stopped_at, reference_epoch1, reference):  # one augmentation stream per rank, each its own
+        aug = ckpt["rng"]["aug"]
+        assert aug.shape[0] == WORLD and not torch.equal(aug[0], aug[1])
+    assert torch.equal(stopped_at["rng"]["aug"], reference_epoch1["rng"]["aug"])
+    assert torch.equal(resumed["rng"]["aug"], reference["rng"]["aug"])

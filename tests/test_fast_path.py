@@ -1,4 +1,4 @@
-"""The fast training path and the sync-free step of ``desupcon.train.Trainer`` (CPU, seconds).
+"""The fast training path and the sync-free step of ``desupcon.engine.Trainer`` (CPU, seconds).
 
 * ``fast=True`` (bf16 autocast + channels_last, the CUDA default) computes the same loss and makes
   nearly the same first Adam update as the fp32 path ``fast=False``, for lw_supcrd with a memory
@@ -23,10 +23,10 @@ from tqdm import tqdm
 
 from desupcon import checks
 from desupcon.config import RunConfig
-from desupcon.data import ImageDataset, load_splits
+from desupcon.data import Data, ImageDataset, load_splits
+from desupcon.engine import Trainer
 from desupcon.models import ModelWrapper, fold_batchnorm
 from desupcon.profiles import PROFILES
-from desupcon.train import Data, Trainer
 
 SMOKE = PROFILES["smoke"]
 CPU = torch.device("cpu")
@@ -98,9 +98,9 @@ def test_fast_path_matches_fp32(method, data, teacher):
     assert fast.model.backbone.conv1.weight.is_contiguous(memory_format=torch.channels_last)
     idx = torch.arange(BATCH)
 
-    loss_fp32, _ = plain.loss(idx)
+    loss_fp32, _ = plain.task.loss(idx)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        loss_bf16, _ = fast.loss(idx)
+        loss_bf16, _ = fast.task.loss(idx)
     assert loss_bf16.dtype == torch.float32  # the loss maths itself stays in fp32
     assert loss_bf16 != loss_fp32  # the fast path really ran its networks in bf16
     torch.testing.assert_close(loss_bf16, loss_fp32, rtol=2e-2, atol=0)

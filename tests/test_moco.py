@@ -1,7 +1,9 @@
 """MoCo-v3 pretraining: config, model invariants, queue, resume, and a k-NN gain on the digits."""
 
 import dataclasses
+import json
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -11,8 +13,9 @@ import torch.nn.functional as F
 import yaml
 
 from desupcon import moco
-from desupcon.config import ConfigError
-from desupcon.runs import CHECKPOINT_FORMAT, StaleRunError, load_checkpoint, output_root
+from desupcon.config import ConfigError, EvalConfig
+from desupcon import store
+from desupcon.store import CHECKPOINT_FORMAT, StaleRunError, load_checkpoint, output_root
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 SMOKE = CONFIGS / "moco_v3_smoke.yaml"
@@ -94,7 +97,8 @@ def test_vit_patch_projection_stays_frozen_after_optimizer_steps(capsys):
 
 
 def test_missing_patch_projection_raises(monkeypatch):
-    monkeypatch.setattr(moco, "_backbone", lambda cfg, size, **arch: (nn.Sequential(nn.Linear(3, 8)), 8))
+    monkeypatch.setattr(moco, "random_backbone",
+                        lambda name, size, width, patch, **arch: (nn.Sequential(nn.Linear(3, 8)), 8))
     cfg = dataclasses.replace(smoke_config().model, backbone="vit_small")
     with pytest.raises(RuntimeError, match="ViT patch projection 'conv_proj' not found: cannot freeze it"):
         moco.build_backbone(cfg, 32)
@@ -167,10 +171,13 @@ def test_every_shipped_config_loads():
 def test_overrides_are_typed_by_the_field():
     cfg = smoke_config("train.epochs=3", "train.base_lr=1e-3", "train.amp=true", "data.augment=satellite")
     assert (cfg.train.epochs, cfg.train.base_lr, cfg.train.amp, cfg.data.augment) == (3, 1e-3, True, "satellite")
-    with pytest.raises(ConfigError, match=r"'train.epochs' must be an integer, got 'ten'"):
+    with pytest.raises(ConfigError,
+                       match=r"override 'train.epochs=ten': 'train.epochs' must be an int, got 'ten'"):
         smoke_config("train.epochs=ten")
-    with pytest.raises(ConfigError, match=r"override 'train.lr=1': expected SECTION.KEY=VALUE"):
+    with pytest.raises(ConfigError, match=r"override 'train.lr=1': unknown key 'train.lr'; valid keys: \['train.epochs', "):
         smoke_config("train.lr=1")
+    with pytest.raises(ConfigError, match=r"override 'train.epochs': expected KEY=VALUE"):
+        smoke_config("train.epochs")
 
 
 def write_yaml(tmp_path, edit):
@@ -188,16 +195,26 @@ def test_missing_and_unknown_yaml_keys(tmp_path):
     path = write_yaml(tmp_path, lambda raw: raw.pop("model"))
     with pytest.raises(ConfigError, match=re.escape(f"{path}: missing section 'model'")):
         moco.load_config(path)
+    path = write_yaml(tmp_path, lambda raw: raw.pop("eval"))  # every MoCo-v3 YAML has an eval section
+    with pytest.raises(ConfigError, match=re.escape(f"{path}: missing section 'eval'")):
+        moco.load_config(path)
+    path = write_yaml(tmp_path, lambda raw: raw["eval"].pop("probe_epochs"))
+    with pytest.raises(ConfigError, match=re.escape(f"{path}: missing key 'eval.probe_epochs'")):
+        moco.load_config(path)
     path = write_yaml(tmp_path, lambda raw: raw["train"].update(lr=0.1))
     with pytest.raises(ConfigError, match=re.escape(f"{path}: unknown key 'train.lr'")):
         moco.load_config(path)
+    path = write_yaml(tmp_path, lambda raw: raw["eval"].update(knn_k=7, knn_temperature=0.5, probe_epochs=3))
+    assert moco.load_config(path).evaluation == EvalConfig(knn_k=7, knn_temperature=0.5, probe_epochs=3)
 
 
 def test_bad_values_name_the_key():
-    with pytest.raises(ConfigError, match=r"'train.momentum' = 1.5 must be in \[0, 1\)"):
+    with pytest.raises(ConfigError, match=r"config field 'train.momentum' = 1.5: must be in \[0, 1\)"):
         smoke_config("train.momentum=1.5")
-    with pytest.raises(ConfigError, match=r"'model.backbone' = 'vit_huge' must be one of"):
+    with pytest.raises(ConfigError, match=r"config field 'model.backbone' = 'vit_huge': must be one of"):
         smoke_config("model.backbone=vit_huge")
+    with pytest.raises(ConfigError, match=r"config field 'eval.knn_k' = 0: must be >= 1"):
+        smoke_config("eval.knn_k=0")
 
 
 def test_unknown_backbone():
@@ -243,34 +260,65 @@ def smoke_run(smoke_trained, monkeypatch):
 @pytest.mark.integration
 def test_checkpoints_load_safely_with_every_key(smoke_run):
     cfg, summary = smoke_run
-    assert moco.saved_epochs(cfg) == list(range(1, cfg.train.epochs + 1))
-    ckpt = load_checkpoint(moco.checkpoint_file(cfg, cfg.train.epochs))  # torch.load(weights_only=True)
+    epochs = cfg.train.epochs
+    assert store.saved_snapshots(cfg.name) == list(range(1, epochs + 1))
+    assert summary["snapshots"] == [str(store.snapshot_path(cfg.name, e)) for e in range(1, epochs + 1)]
+    assert store.snapshot_path(cfg.name, epochs) == output_root() / "pth_models" / "moco_v3_smoke" / "epoch_0020.pth"
+    ckpt = load_checkpoint(store.snapshot_path(cfg.name, epochs))  # torch.load(weights_only=True)
     assert {"format", "config", "encoder_q", "proj_q", "model", "optimizer", "scheduler", "scaler", "epoch",
             "global_step", "rng"} <= set(ckpt)
     assert ckpt["format"] == CHECKPOINT_FORMAT and ckpt["config"] == cfg.to_dict()
-    assert ckpt["epoch"] == cfg.train.epochs and ckpt["global_step"] == cfg.train.epochs * (1437 // 32)
-    assert [e["epoch"] for e in summary["epochs"]] == list(range(1, cfg.train.epochs + 1))
-    assert (output_root() / "json_results" / "moco_v3" / "moco_v3_smoke.json").exists()
+    assert ckpt["epoch"] == epochs and ckpt["global_step"] == epochs * (1437 // 32)
+    assert ckpt["rng"]["aug"].shape[0] == 1  # one augmentation stream per process
+    final = load_checkpoint(store.checkpoint_path(cfg.name))  # the finished run: pth_models/<out_dir>.pth
+    assert store.checkpoint_path(cfg.name) == output_root() / "pth_models" / "moco_v3_smoke.pth"
+    assert final["complete"] and final["epoch"] == epochs and final["config"] == cfg.to_dict()
+    assert all(torch.equal(final["model"][k], v) for k, v in ckpt["model"].items())
+    assert summary["runs"] == [final["results"]] and summary["group"] == "moco_v3_digits"
+    assert {"knn_top1", "probe_top1", "probe_top5", "test_acc"} <= set(final["results"])
+    assert [e["epoch"] for e in summary["epochs"]] == list(range(1, epochs + 1))
+    log = output_root() / "json_results" / "training_logs" / "moco_v3_smoke.json"
+    assert store.log_path(cfg.name) == log and json.loads(log.read_text())["epochs"] == summary["epochs"]
+    assert "moco_v3_smoke" in store.load_results("moco_v3_digits")  # recorded with every other run
 
 
 @pytest.mark.integration
 def test_resume_reproduces_the_uninterrupted_run(smoke_run, capsys):
     cfg, summary = smoke_run
-    last = moco.checkpoint_file(cfg, cfg.train.epochs)
-    uninterrupted = load_checkpoint(last)
-    last.unlink()  # as if killed during the last epoch
-    resumed = moco.pretrain(cfg, resume=True)
-    assert f"[resume] MoCo-v3 'moco_v3_smoke': from epoch {cfg.train.epochs - 1}" in capsys.readouterr().out
+    epochs = cfg.train.epochs
+    latest, last = store.checkpoint_path(cfg.name), store.snapshot_path(cfg.name, epochs)
+    uninterrupted, finished = load_checkpoint(last), load_checkpoint(latest)
+    # as if killed during the last epoch: the latest checkpoint is epoch E-1's, no snapshot of epoch E
+    last.unlink()
+    latest.unlink()
+    shutil.copy(store.snapshot_path(cfg.name, epochs - 1), latest)
+    capsys.readouterr()
+    resumed = moco.pretrain(cfg)
+    out = capsys.readouterr().out
+    assert f"[resume] moco_v3_smoke: from epoch {epochs - 1} of {epochs}" in out
+    assert "[cache]" not in out
     assert resumed["epochs"][-1]["loss"] == summary["epochs"][-1]["loss"]
+    assert store.saved_snapshots(cfg.name) == list(range(1, epochs + 1))
     state = load_checkpoint(last)["model"]
+    assert state.keys() == uninterrupted["model"].keys()
     assert all(torch.equal(state[key], value) for key, value in uninterrupted["model"].items())
+    final = load_checkpoint(latest)
+    assert final["complete"]
+    assert all(torch.equal(final["model"][key], value) for key, value in finished["model"].items())
 
 
 @pytest.mark.integration
 def test_finished_run_is_cached_and_a_changed_config_is_refused(smoke_run, capsys):
     cfg, _ = smoke_run
-    assert moco.pretrain(cfg)["cached"]
-    assert "[cache]" in capsys.readouterr().out
+    before = store.checkpoint_path(cfg.name).stat().st_mtime_ns
+    capsys.readouterr()
+    cached = moco.pretrain(cfg)
+    out = capsys.readouterr().out
+    assert f"[cache] moco_v3_smoke: loaded {store.checkpoint_path(cfg.name)}" in out
+    assert "[done]" not in out and "[resume]" not in out  # nothing was trained
+    assert store.checkpoint_path(cfg.name).stat().st_mtime_ns == before
+    assert cached["runs"] == [load_checkpoint(store.checkpoint_path(cfg.name))["results"]]
+    assert [e["epoch"] for e in cached["epochs"]] == list(range(1, cfg.train.epochs + 1))
     with pytest.raises(StaleRunError, match=r"train.temperature: cached 0.2 vs requested 0.3"):
         moco.pretrain(smoke_config("train.temperature=0.3"))
 
@@ -282,7 +330,12 @@ def test_pretrained_encoder_beats_random_init_on_knn(smoke_run):
     print(f"k-NN top-1: random init {random_init['knn_top1']:.1f}%, "
           f"pretrained {pretrained['knn_top1']:.1f}% (epoch {pretrained['epoch']})")
     assert pretrained["knn_top1"] >= random_init["knn_top1"] + 5
-    assert (output_root() / "json_results" / "moco_v3" / "moco_v3_smoke_checkpoint_eval.json").exists()
-    assert (output_root() / "plots" / "moco_v3_smoke_accuracy_vs_epoch.png").exists()
-    with pytest.raises(FileNotFoundError, match=r"checkpoint_epoch0099.pth; available epochs: \[1, 2, "):
+    assert {"epoch", "knn_top1", "knn_top5", "probe_top1", "probe_top5", "probe_train_top1", "test_acc",
+            "train_acc", "gap", "alignment", "uniformity"} <= set(pretrained)
+    assert "linear_top1" not in pretrained
+    path = output_root() / "json_results" / "moco_v3_smoke_checkpoint_eval.json"
+    assert store.eval_path(cfg.name) == path
+    assert json.loads(path.read_text())["points"] == [random_init, pretrained]
+    assert not store.plots_dir().exists()  # evaluation draws nothing
+    with pytest.raises(FileNotFoundError, match=r"epoch_0099.pth; available epochs: \[1, 2, "):
         moco.evaluate_checkpoints(SMOKE, [99])

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from desupcon import plots
 from desupcon.plots import (
     _hypersphere_figure,
     plot_accuracy_vs_epoch,
@@ -78,12 +79,19 @@ def test_plot_alignment_uniformity_with_reference(tmp_path):
     _assert_png(plot_alignment_uniformity(results[:1], tmp_path / "au_single.png"))
 
 
-def test_plot_accuracy_vs_epoch_skips_missing_values(tmp_path):
+def test_plot_accuracy_vs_epoch_skips_missing_values(tmp_path, monkeypatch):
+    """The points of ``moco.evaluate_checkpoints`` (keys ``knn_top1``, ``probe_top1``, ``probe_top5``)."""
     points = [
-        {"epoch": 100, "knn_top1": 40.0, "linear_top1": 45.0, "linear_top5": 72.0},
-        {"epoch": 50, "knn_top1": 30.0, "linear_top1": None, "linear_top5": None},
+        {"epoch": 100, "knn_top1": 40.0, "probe_top1": 45.0, "probe_top5": 72.0},
+        {"epoch": 50, "knn_top1": 30.0, "probe_top1": None, "probe_top5": None},
     ]
+    saved = []
+    real_save = plots._save
+    monkeypatch.setattr(plots, "_save", lambda fig, path: saved.append(fig) or real_save(fig, path))
     _assert_png(plot_accuracy_vs_epoch(points, tmp_path / "acc.png", title="MoCo-v3 ViT-S"))
+    lines = {line.get_label(): (list(line.get_xdata()), list(line.get_ydata())) for line in saved[0].axes[0].lines}
+    assert lines == {"k-NN top-1": ([50, 100], [30.0, 40.0]), "linear top-1": ([100], [45.0]),
+                     "linear top-5": ([100], [72.0])}
 
 
 def test_hypersphere_figure_has_two_scenes_and_one_trace_per_class(tmp_path):

@@ -34,14 +34,14 @@ import pytest
 import torch
 
 import desupcon
-import desupcon.train as train_module
-from desupcon import runs
+from desupcon import engine, registry, store
 from desupcon.config import ConfigError
+from desupcon.engine import NonFiniteLossError
 from desupcon.profiles import PROFILES
-from desupcon.results import comprehensive_path, load_results, record
-from desupcon.runs import (CheckpointError, StaleRunError, atomic_save, atomic_write_json, checkpoint_path,
-                           load_checkpoint, log_path, read_json, update_json)
-from desupcon.train import NonFiniteLossError, load_model, train
+from desupcon.store import (CheckpointError, StaleRunError, atomic_save, atomic_write_json, checkpoint_path,
+                            comprehensive_path, load_checkpoint, load_results, log_path, read_json, record,
+                            update_json)
+from desupcon.train import load_model, train
 
 SMOKE = PROFILES["smoke"]
 WALL_CLOCK = {"seconds", "train_seconds"}  # the only fields allowed to differ between two identical runs
@@ -50,8 +50,7 @@ pytestmark = pytest.mark.integration
 
 def small_data(n_train):
     """The first ``n_train`` digits training images (the whole test split), on the CPU."""
-    from desupcon.data import ImageDataset, load_splits
-    from desupcon.train import Data
+    from desupcon.data import Data, ImageDataset, load_splits
 
     tr, te = load_splits("digits")
     return Data(ImageDataset(tr.name, tr.images[:n_train].clone(), tr.labels[:n_train].clone(), tr.num_classes,
@@ -64,7 +63,7 @@ RUNNER = textwrap.dedent(inspect.getsource(small_data)) + textwrap.dedent("""
     torch.set_num_threads(1)
     from desupcon.config import RunConfig
     from desupcon.train import train
-    train(RunConfig.from_dict(json.loads(sys.argv[1])), data=small_data(int(sys.argv[2])), plots=False)
+    train(RunConfig.from_dict(json.loads(sys.argv[1])), data=small_data(int(sys.argv[2])))
 """)
 
 
@@ -223,7 +222,7 @@ def test_failed_write_keeps_the_previous_checkpoint_and_leaves_no_temp_file(tiny
 
     monkeypatch.setattr(torch, "save", disk_full_on_second_save)
     with pytest.raises(OSError, match="No space left on device"):
-        train(cfg, data=tiny, plots=False)
+        train(cfg, data=tiny)
     assert path.read_bytes() == before["bytes"]  # the epoch-1 checkpoint is intact ...
     ckpt = load_checkpoint(path)
     assert ckpt["epoch"] == 1 and not ckpt["complete"]
@@ -231,7 +230,7 @@ def test_failed_write_keeps_the_previous_checkpoint_and_leaves_no_temp_file(tiny
 
     monkeypatch.setattr(torch, "save", real_save)
     capsys.readouterr()
-    train(cfg, data=tiny, plots=False)
+    train(cfg, data=tiny)
     assert f"[resume] {name}: from epoch 1 of 2" in capsys.readouterr().out
     assert load_checkpoint(path)["complete"]
 
@@ -244,7 +243,7 @@ def test_failed_write_keeps_the_previous_checkpoint_and_leaves_no_temp_file(tiny
         raise OSError(28, "No space left on device")
 
     with pytest.raises(OSError):
-        runs._atomic(log, half_then_fail)
+        store._atomic(log, half_then_fail)
     assert log.read_bytes() == previous and read_json(log)["complete"]
     assert temp_files(home) == []
 
@@ -254,9 +253,9 @@ def test_leftover_temp_file_of_a_killed_writer_is_removed(home):
     dead.wait()
     path = home / "pth_models" / "run.pth"
     atomic_save({"format": 1, "config": {}}, path)
-    stale = path.parent / f".run.pth.{runs._host()}-{dead.pid}.abcd1234.tmp"  # left by a SIGKILLed writer
+    stale = path.parent / f".run.pth.{store._host()}-{dead.pid}.abcd1234.tmp"  # left by a SIGKILLed writer
     stale.write_bytes(b"half")
-    mine = path.parent / f".run.pth.{runs._host()}-{os.getpid()}.efgh5678.tmp"  # a live writer's: kept
+    mine = path.parent / f".run.pth.{store._host()}-{os.getpid()}.efgh5678.tmp"  # a live writer's: kept
     mine.write_bytes(b"in progress")
     other = path.parent / ".other.pth.otherhost-1.ijkl9012.tmp"  # another file's or another host's: kept
     other.write_bytes(b"x")
@@ -272,7 +271,7 @@ def test_truncated_checkpoint_names_the_file_and_force_retrain_replaces_it(tiny,
                                                                           one_thread):
     cfg = tiny_student(seeds=(8,))
     name, path = cfg.run_name(8), checkpoint_path(cfg.run_name(8))
-    first = train(cfg, data=tiny, plots=False)
+    first = train(cfg, data=tiny)
     whole = path.read_bytes()
     for cut in (whole[: len(whole) // 2], whole[:0], whole[len(whole) // 2:]):
         path.write_bytes(cut)
@@ -283,12 +282,12 @@ def test_truncated_checkpoint_names_the_file_and_force_retrain_replaces_it(tiny,
         assert "FORCE_RETRAIN=True" in message and "--force-retrain" in message
         assert len(message.splitlines()) == 1 and len(message) < 600, message
     with pytest.raises(CheckpointError, match=re.escape(str(path))):
-        train(cfg, data=tiny, plots=False)  # never silently retrained over, never half-loaded
+        train(cfg, data=tiny)  # never silently retrained over, never half-loaded
     with pytest.raises(CheckpointError, match="truncated or corrupted"):
         load_model(cfg, seed=8)
 
     capsys.readouterr()
-    again = train(cfg, data=tiny, plots=False, force_retrain=True)
+    again = train(cfg, data=tiny, force_retrain=True)
     assert f"[done] {name}" in capsys.readouterr().out
     assert load_checkpoint(path)["complete"]
     assert_same(again["runs"], first["runs"])  # a retrain from scratch is deterministic too
@@ -296,21 +295,24 @@ def test_truncated_checkpoint_names_the_file_and_force_retrain_replaces_it(tiny,
 
 def test_truncated_json_raises_naming_the_file_and_record_never_drops_other_runs(tiny, home, one_thread):
     cfg = tiny_student(epochs=1, seeds=(9,))
-    summary = train(cfg, data=tiny, plots=False)
+    summary = train(cfg, data=tiny)
     log = log_path(cfg.run_name(9))
     log.write_text(log.read_text()[:100])
     with pytest.raises(CheckpointError) as err:
         read_json(log)
     assert str(log) in str(err.value) and "truncated or corrupted" in str(err.value)
 
-    results = comprehensive_path(cfg.arch, cfg.dataset)
+    group = cfg.results_group
+    assert group == summary["group"] == "resnet18_digits"
+    results = comprehensive_path(group)
+    assert results == home / "json_results" / "comprehensive_results_resnet18_digits.json"
     other = dict(summary, name="another_run")
     record(other)
-    assert set(load_results(cfg.arch, cfg.dataset)) == {cfg.name, "another_run"}
+    assert set(load_results(group)) == {cfg.name, "another_run"}
     results.write_bytes(results.read_bytes()[:-40])
     corrupted = results.read_bytes()
-    for fail in (lambda: record(summary), lambda: load_results(cfg.arch, cfg.dataset),
-                 lambda: train(cfg, data=tiny, plots=False)):  # the cached run records its summary again
+    for fail in (lambda: record(summary), lambda: load_results(group),
+                 lambda: train(cfg, data=tiny)):  # the cached run records its summary again
         with pytest.raises(CheckpointError) as err:
             fail()
         assert str(results) in str(err.value) and "truncated or corrupted" in str(err.value)
@@ -324,8 +326,8 @@ def test_truncated_json_raises_naming_the_file_and_record_never_drops_other_runs
         read_json(results)
 
     results.unlink()  # the documented fix: delete it, it is rebuilt from the cached runs
-    train(cfg, data=tiny, plots=False)
-    assert set(load_results(cfg.arch, cfg.dataset)) == {cfg.name}
+    train(cfg, data=tiny)
+    assert set(load_results(group)) == {cfg.name}
 
 
 def test_concurrent_updates_of_a_shared_json_file_drop_nothing(home):
@@ -366,12 +368,12 @@ def test_json_artefacts_stay_valid_with_non_finite_numbers(home):
 def test_checkpoint_with_another_config_is_never_loaded(changes, fields, tiny, home, one_thread):
     cfg = tiny_student(epochs=1, seeds=(10,))
     path = checkpoint_path(cfg.run_name(10))
-    train(cfg, data=tiny, plots=False)
+    train(cfg, data=tiny)
     ckpt = torch.load(path, weights_only=True)  # edit the stored config of a copy, put it back
     ckpt["config"].update(changes)
     atomic_save(ckpt, path)
     edited = path.read_bytes()
-    for attempt in (lambda: train(cfg, data=tiny, plots=False), lambda: load_model(cfg, seed=10)):
+    for attempt in (lambda: train(cfg, data=tiny), lambda: load_model(cfg, seed=10)):
         with pytest.raises(StaleRunError) as err:
             attempt()
         message = str(err.value)
@@ -390,7 +392,7 @@ def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(ti
     cfg = tiny_student(seeds=(11,))
     name, path = cfg.run_name(11), checkpoint_path(cfg.run_name(11))
     steps, bad_step = 4, 3  # NaN from step 3 of epoch 2
-    real_f, calls, seen = train_module.F, [], {}
+    real_f, calls, seen = registry.F, [], {}  # the undistilled loss is registry._cross_entropy
 
     class NaNFromEpoch2:
         def __getattr__(self, attr):
@@ -404,9 +406,9 @@ def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(ti
                 seen["checkpoint"] = path.read_bytes()
             return loss * float("nan") if len(calls) >= steps + bad_step else loss
 
-    monkeypatch.setattr(train_module, "F", NaNFromEpoch2())
+    monkeypatch.setattr(registry, "F", NaNFromEpoch2())
     with pytest.raises(NonFiniteLossError) as err:
-        train(cfg, data=tiny, plots=False)
+        train(cfg, data=tiny)
     message = str(err.value)
     last_finite = calls[steps + bad_step - 2]
     assert f"{name}: the loss became nan at epoch 2, step {bad_step}" in message, message
@@ -419,9 +421,9 @@ def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(ti
     assert ckpt["epoch"] == 1 and not ckpt["complete"]
     assert all(torch.isfinite(t).all() for t in ckpt["model"].values() if t.is_floating_point())
 
-    monkeypatch.setattr(train_module, "F", real_f)  # the cause is fixed: rerun
+    monkeypatch.setattr(registry, "F", real_f)  # the cause is fixed: rerun
     capsys.readouterr()
-    summary = train(cfg, data=tiny, plots=False)
+    summary = train(cfg, data=tiny)
     assert f"[resume] {name}: from epoch 1 of 2" in capsys.readouterr().out
     ckpt = load_checkpoint(path)
     assert ckpt["complete"] and ckpt["epoch"] == 2 and summary["runs"][0] == ckpt["results"]
@@ -429,7 +431,7 @@ def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(ti
 
 def test_nan_in_the_first_step_of_an_epoch_is_caught():
     with pytest.raises(NonFiniteLossError, match="the loss became inf at epoch 3, step 1"):
-        train_module._check_finite(torch.tensor([float("inf"), 1.0]), 2, "run")
+        engine._check_finite(torch.tensor([float("inf"), 1.0]), 2, "run")
 
 
 # ---------------------------------------------------------------- 5. security: the safe loader
@@ -455,7 +457,7 @@ def test_checkpoint_carrying_code_is_refused_and_never_run(how, tiny, home, tmp_
         torch.save(payload, path)
     else:
         path.write_bytes(pickle.dumps(payload, protocol=int(how[-1])))
-    for attempt in (lambda: load_checkpoint(path), lambda: train(cfg, data=tiny, plots=False),
+    for attempt in (lambda: load_checkpoint(path), lambda: train(cfg, data=tiny),
                     lambda: load_model(cfg, 12)):
         with pytest.raises(CheckpointError) as err:
             attempt()
@@ -488,7 +490,7 @@ def test_every_torch_load_in_the_package_uses_the_safe_loader():
                 assert isinstance(flags.get("weights_only"), ast.Constant) and flags["weights_only"].value is True, \
                     f"torch.load without weights_only=True: {where}"
                 loads.append(where)
-    assert any("runs.py" in w for w in loads), loads  # the search itself works
+    assert any("store.py" in w for w in loads), loads  # the search itself works
 
 
 def test_a_dict_without_config_is_not_a_checkpoint(home):
@@ -505,10 +507,12 @@ def test_a_dict_without_config_is_not_a_checkpoint(home):
 @pytest.mark.parametrize("cfg,message", [
     (SMOKE.student_config("lw_supcrd", bank_k=1400),
      "'bank_k' = 1400: bank_k + batch_size must be <= the 1437 training images"),
-    (SMOKE.student_config("undistilled", batch_size=2048), "'batch_size' = 2048: exceeds the 1437 training images"),
+    (SMOKE.student_config("undistilled", batch_size=2048),
+     "'batch_size' = 2048: x accum_steps 1 exceeds the 1437 training images"),
     (dataclasses.replace(SMOKE.student_config("lw_supcrd"), temperature=0.0), "'temperature' = 0.0: must be > 0"),
     (dataclasses.replace(SMOKE.student_config("crd"),
-                         teacher=dataclasses.replace(SMOKE.projection_config(), lr=-1.0)), "'lr' = -1.0: must be > 0"),
+                         teacher=dataclasses.replace(SMOKE.projection_config(), lr=-1.0)),
+     "'teacher.lr' = -1.0: must be > 0"),
 ])
 def test_bad_config_is_refused_before_any_file_is_written(cfg, message, home):
     with pytest.raises(ConfigError) as err:

@@ -10,7 +10,7 @@ import pytest
 
 from desupcon import sweep
 from desupcon.profiles import PROFILES
-from desupcon.results import load_results
+from desupcon.store import load_results
 from desupcon.sweep import SweepError, run_sweep
 
 SMOKE = PROFILES["smoke"]
@@ -31,7 +31,7 @@ def _stand_in_worker(fail_role: str = "none") -> str:
 def _schedule(configs, slots=("cpu", "cpu")) -> dict:
     """``{name: Job}`` after scheduling ``configs`` and their teachers on ``slots``."""
     jobs = [sweep.Job(cfg) for cfg in sweep._with_teachers(configs)]
-    sweep._schedule(jobs, list(slots), threads=1, plots=False)
+    sweep._schedule(jobs, list(slots), threads=1)
     return {job.cfg.name: job for job in jobs}
 
 
@@ -39,13 +39,16 @@ def _overlap(a, b) -> bool:
     return a["start"] < b["end"] and b["start"] < a["end"]
 
 
-def test_two_workers_train_at_once_and_a_second_sweep_launches_nothing(monkeypatch):
-    rows = run_sweep(STUDENTS, ["cpu", "cpu"], plots=False)
+def test_two_workers_train_at_once_and_a_second_sweep_launches_nothing(monkeypatch, home):
+    rows = run_sweep(STUDENTS, ["cpu", "cpu"])
     assert [row["status"] for row in rows] == ["trained"] * 4 and {row["device"] for row in rows} == {"cpu"}
     assert any(_overlap(a, b) for a in rows for b in rows if a is not b)
-    assert {row["name"] for row in rows} <= set(load_results("resnet18", "digits"))  # every run recorded
+    assert [row["name"] for row in rows] == [cfg.name for cfg in STUDENTS]
+    assert {row["name"] for row in rows} <= set(load_results(STUDENTS[0].results_group))  # every run recorded
+    assert STUDENTS[0].results_group == "resnet18_digits"
+    assert not (home / "plots").exists()  # training draws nothing (figures: desupcon.analysis.draw_run)
     monkeypatch.setattr(sweep.subprocess, "Popen", lambda *args, **kwargs: pytest.fail("a worker was launched"))
-    assert [row["status"] for row in run_sweep(STUDENTS, ["cpu", "cpu"], plots=False)] == ["cached"] * 4
+    assert [row["status"] for row in run_sweep(STUDENTS, ["cpu", "cpu"])] == ["cached"] * 4
 
 
 def test_teachers_train_once_before_their_students(monkeypatch):

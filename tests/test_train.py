@@ -3,17 +3,17 @@
 import dataclasses
 import json
 import re
-import time
 
 import pytest
 import torch
 
 from desupcon.__main__ import main
-from desupcon.config import STUDENT_METHODS
+from desupcon import registry
+from desupcon.analysis import draw_run, figure_paths
 from desupcon.models import ModelWrapper
 from desupcon.profiles import PROFILES
-from desupcon.results import load_results
-from desupcon.runs import StaleRunError, checkpoint_path, load_checkpoint, log_path
+from desupcon.registry import student_methods
+from desupcon.store import StaleRunError, cached_checkpoint, checkpoint_path, load_checkpoint, load_results, log_path
 from desupcon.train import load_model, train
 
 SMOKE = PROFILES["smoke"]
@@ -46,39 +46,62 @@ def test_smoke_teacher_reaches_95_percent(trained_home):
     assert log["epochs"][-1]["loss"] < log["epochs"][0]["loss"]
 
 
-def test_undistilled_student_probe_and_cache(trained_home):
+def test_undistilled_student_probe_and_cache(trained_home, capsys):
     cfg = SMOKE.student_config("undistilled")
-    summary = train(cfg, plots=True)
+    summary = train(cfg)
     print("undistilled linear probe", summary["mean"]["probe_top1"])
     assert summary["mean"]["probe_top1"] >= 90.0
     for key in ("probe_top5", "knn_top1", "train_acc", "gap", "alignment", "uniformity", "separation_ratio"):
         assert key in summary["mean"]
-    assert (trained_home / "plots" / f"{cfg.name}_hypersphere.html").exists()
-    assert (trained_home / "plots" / f"tsne_{cfg.name}.png").exists()
-    start = time.time()
+    assert summary["name"] == cfg.name and summary["group"] == cfg.results_group == "resnet18_digits"
+    figures = figure_paths(cfg.name)
+    assert not any(path.exists() for path in figures.values())  # training draws nothing
+    paths = draw_run(summary)  # the analysis step draws from the saved run
+    assert paths == figures and all(path.stat().st_size > 1000 for path in paths.values())
+    assert paths["hypersphere"] == trained_home / "plots" / f"{cfg.name}_hypersphere.html"
+    assert paths["tsne"] == trained_home / "plots" / f"tsne_{cfg.name}.png"
+    capsys.readouterr()
     again = train(cfg)
-    assert time.time() - start < 5 and again["runs"] == summary["runs"]
-    assert load_results(cfg.arch, cfg.dataset)[cfg.name]["mean"] == again["mean"]
+    assert f"[cache] {cfg.name}: loaded" in capsys.readouterr().out  # loaded, not trained again
+    assert again["runs"] == summary["runs"]
+    assert load_results(cfg.results_group)[cfg.name]["mean"] == again["mean"]
 
 
-def test_a_changed_recipe_never_loads_the_old_run_silently(trained_home, monkeypatch):
-    """Same name, other config (here: the profile's recipe changed after the runs were cached)."""
+def test_an_edited_profile_is_a_new_run_beside_the_cached_one(trained_home, monkeypatch):
+    """The profile's recipe changed after the runs were cached: the changed configs get new names,
+    so nothing cached under the old names is loaded for them, and the old runs stay loadable."""
     train(SMOKE.projection_config())
-    cached_name = SMOKE.teacher_config().name
+    cached = SMOKE.teacher_config()
     monkeypatch.setitem(PROFILES, "smoke", dataclasses.replace(SMOKE, teacher_epochs=13))
     changed = PROFILES["smoke"]
-    assert changed.teacher_config().name == cached_name
-    for run in (changed.teacher_config(), changed.projection_config()):  # the projection stops at its teacher
-        with pytest.raises(StaleRunError, match="teacher_resnet50_digits.pth .*epochs: cached 12 vs requested 13"):
+    for old, new in ((cached, changed.teacher_config()), (SMOKE.projection_config(), changed.projection_config())):
+        assert new.reference_name == old.reference_name and new.name != old.name
+        assert cached_checkpoint(new.for_seed(42), new.run_name(42)) is None  # would train anew
+        assert cached_checkpoint(old.for_seed(42), old.run_name(42))["complete"]  # the old run is kept
+    assert changed.projection_config().teacher.epochs == 13
+
+
+def test_a_changed_method_default_never_loads_the_old_run_silently(trained_home, monkeypatch):
+    """Same name, other config: a field at its (method) default is not in the name, so when the code's
+    default changes after a run was cached, the request has the cached name and another config."""
+    train(SMOKE.projection_config())
+    cached_name = SMOKE.teacher_config().name
+    ce = registry.METHODS["ce"]
+    monkeypatch.setitem(registry.METHODS, "ce", dataclasses.replace(ce, defaults={**ce.defaults, "proj_dim": 32}))
+    teacher = SMOKE.teacher_config().replace(proj_dim=32)
+    assert teacher.name == cached_name
+    projection = SMOKE.projection_config().replace(teacher=teacher)
+    for run in (teacher, projection):  # the projection stops at its teacher
+        with pytest.raises(StaleRunError, match=f"{cached_name}.pth .*proj_dim: cached 64 vs requested 32"):
             train(run)
 
 
-@pytest.mark.parametrize("method,changes", [(m, {}) for m in STUDENT_METHODS] + [
+@pytest.mark.parametrize("method,changes", [(m, {}) for m in student_methods()] + [
     ("crd", {"bank_k": 128}), ("lw_supcrd", {"bank_k": 128}), ("lw_supcrd", {"bank_k": 128, "bank_positives": False}),
 ])
 def test_every_student_method_trains(trained_home, method, changes):
     cfg = SMOKE.student_config(method, epochs=1, **changes)
-    summary = train(cfg, plots=False, force_retrain=True)
+    summary = train(cfg, force_retrain=True)
     ckpt = load_checkpoint(checkpoint_path(cfg.name))
     assert ckpt["complete"] and ckpt["epoch"] == 1
     assert torch.isfinite(torch.tensor(ckpt["history"][0]["loss"]))
@@ -91,24 +114,27 @@ def test_every_student_method_trains(trained_home, method, changes):
 
 def test_changing_one_hyperparameter_retrains_that_run_only(trained_home, capsys):
     base = SMOKE.student_config("lw_supcrd", epochs=1)
-    train(base, plots=False)
+    train(base)
     cached = checkpoint_path(base.name).read_bytes()
-    runs = [(lambda: train(base.replace(alpha=2.0), plots=False), base.replace(alpha=2.0).name),
-            (lambda: main(["train", "lw_supcrd", "--profile", "smoke", "--set", "epochs=1", "lr=0.003"]),
-             f"{base.name}_lr_0.003")]
+    by_cli = SMOKE.student_config("lw_supcrd", epochs=1, lr=0.003)
+    assert by_cli.reference_name == base.reference_name and len({base.name, by_cli.name}) == 2
+    assert base.replace(alpha=2.0).reference_name == "student_alpha_2.0_beta_10.0_temp_0.07_resnet18_digits"
+    runs = [(lambda: train(base.replace(alpha=2.0))["name"], base.replace(alpha=2.0).name),
+            (lambda: main(["train", "lw_supcrd", "--profile", "smoke", "--set", "epochs=1", "lr=0.003"]) == 0
+             and by_cli.name, by_cli.name)]
     for run, name in runs:
         capsys.readouterr()
-        run()
+        assert run() == name
         out = capsys.readouterr().out
-        assert "[cache] teacher_resnet50_digits: loaded" in out
-        assert "[cache] teacher_resnet50_digits_with_projection: loaded" in out
+        assert f"[cache] {SMOKE.teacher_config().name}: loaded" in out
+        assert f"[cache] {SMOKE.projection_config().name}: loaded" in out
         assert re.findall(r"\[done\] (\S+):", out) == [name], out  # that run only, the others cached
     assert checkpoint_path(base.name).read_bytes() == cached  # the recipe's run is kept beside them
 
 
 def test_several_seeds_report_mean_and_std(trained_home):
     cfg = SMOKE.student_config("undistilled", epochs=1, seeds=(1, 2))
-    summary = train(cfg, plots=False)
+    summary = train(cfg)
     accs = [r["test_acc"] for r in summary["runs"]]
     assert summary["mean"]["test_acc"] == pytest.approx(sum(accs) / 2)
     assert summary["std"]["test_acc"] == pytest.approx(abs(accs[0] - accs[1]) / 2 ** 0.5)

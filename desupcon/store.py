@@ -1,8 +1,10 @@
-"""Run caching: where artefacts live, atomic saves, safe loads and the stale-cache guard.
+"""The artefact store of every run: where artefacts live, atomic writes, safe loads, the stale-config guard.
 
-Layout under the output root (``$DESUPCON_HOME``, default: the repository):
-``pth_models/<run>.pth`` (checkpoint), ``json_results/training_logs/<run>.json`` (per-epoch log),
-``json_results/comprehensive_results_<arch>_<dataset>.json`` and ``plots/``.
+Layout under the output root (``$DESUPCON_HOME``, default: the repository), the same for every
+run kind: ``pth_models/<run>.pth`` (the latest checkpoint: resume point, and the finished run),
+``pth_models/<run>/epoch_<E>.pth`` (snapshots a run keeps for later evaluation, e.g. MoCo-v3),
+``json_results/training_logs/<run>.json`` (per-epoch log), ``json_results/<run>_checkpoint_eval.json``,
+``json_results/comprehensive_results_<group>.json`` (every run's summary) and ``plots/``.
 A checkpoint holds its run's config; it is reused only when that config equals the request.
 
 Every write is atomic (temp file in the same folder, fsync, rename): a file is its previous or its
@@ -31,7 +33,7 @@ try:
 except ImportError:  # Windows: no advisory locks
     fcntl = None
 
-from .config import RunConfig, config_diff
+from .config import Config
 
 CHECKPOINT_FORMAT = 1
 
@@ -56,8 +58,26 @@ def log_path(run_name: str) -> Path:
     return output_root() / "json_results" / "training_logs" / f"{run_name}.json"
 
 
+def snapshot_path(run_name: str, epoch: int) -> Path:
+    return output_root() / "pth_models" / run_name / f"epoch_{epoch:04d}.pth"
+
+
+def saved_snapshots(run_name: str) -> list[int]:
+    """Epochs with a snapshot of ``run_name``, ascending."""
+    found = (re.fullmatch(r"epoch_(\d+)\.pth", p.name) for p in (output_root() / "pth_models" / run_name).glob("epoch_*.pth"))
+    return sorted(int(m[1]) for m in found if m)
+
+
+def eval_path(run_name: str) -> Path:
+    return output_root() / "json_results" / f"{run_name}_checkpoint_eval.json"
+
+
 def plots_dir() -> Path:
     return output_root() / "plots"
+
+
+def comprehensive_path(group: str) -> Path:
+    return output_root() / "json_results" / f"comprehensive_results_{group}.json"
 
 
 def _host() -> str:
@@ -140,6 +160,23 @@ def _atomic(path: Path, write) -> Path:
 def atomic_save(obj: dict, path) -> Path:
     """``torch.save`` that never leaves a half-written file at ``path``."""
     return _atomic(path, lambda f: torch.save(obj, f))
+
+
+def atomic_link(source: Path, path: Path) -> Path:
+    """Make ``path`` a hard link of ``source`` (no bytes copied) atomically; a copy where links fail.
+
+    ``source`` is later replaced by renames, never written in place, so ``path`` keeps this version.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{_host()}-{os.getpid()}.link.tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(source, tmp)
+    except OSError:
+        return _atomic(path, lambda f: f.write(Path(source).read_bytes()))
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+    return path
 
 
 def _finite_json(value):
@@ -256,7 +293,7 @@ def describe_diff(diff: dict) -> str:
                      ((k, *v) for k, v in diff.items()))
 
 
-def cached_checkpoint(cfg: RunConfig, run_name: str, force_retrain: bool = False) -> dict | None:
+def cached_checkpoint(cfg: Config, run_name: str, force_retrain: bool = False) -> dict | None:
     """The checkpoint to reuse or resume for ``cfg`` (a single-seed config), or ``None`` to train anew.
 
     * no file, or ``force_retrain``: ``None``;
@@ -268,9 +305,23 @@ def cached_checkpoint(cfg: RunConfig, run_name: str, force_retrain: bool = False
     if force_retrain or not path.exists():
         return None
     ckpt = load_checkpoint(path)
-    diff = config_diff(ckpt["config"], cfg.to_dict())
+    diff = cfg.diff(ckpt["config"])
     if diff:
         raise StaleRunError(
             f"cached run {path} was trained with a different config ({describe_diff(diff)}); "
             f"retrain it with FORCE_RETRAIN=True (or --force-retrain), or delete the file")
     return ckpt
+
+
+def record(summary: dict) -> None:
+    """Add or replace ``summary`` in the comprehensive results of its group (``summary["group"]``).
+
+    The read-modify-write holds a lock, so parallel sweep workers never drop each other's entries.
+    """
+    update_json(comprehensive_path(summary["group"]), lambda everything: {**everything, summary["name"]: summary})
+
+
+def load_results(group: str) -> dict:
+    """All recorded summaries of ``group`` (e.g. ``resnet18_digits``; empty if none was recorded yet)."""
+    path = comprehensive_path(group)
+    return read_json(path) if path.exists() else {}

@@ -1,13 +1,13 @@
-"""The seed study's published CIFAR-100 numbers (``shared/seeds`` write-ups), keyed by our run names.
+"""The reference results: the earlier study's published CIFAR-100 numbers (the write-ups), keyed by run name.
 
-Shown beside our results, always labelled as the seed's. The seed trained its headline
+Shown beside our results, always labelled "reference". The write-ups trained their headline
 configuration (alpha=1, beta=10, tau=0.07, no bank) several times and reported 73.35%, 73.19% and
 74.76% for it: a spread of about 1.6 points between repeats of one config.
 """
 
 _S = "_resnet18_cifar100"
 
-SEED_RESULTS: dict[str, dict] = {
+REFERENCE_RESULTS: dict[str, dict] = {
     "teacher_resnet50_cifar100": dict(test_acc=80.75, alignment=0.5928, uniformity=-3.4649),
     f"student_undistilled{_S}": dict(test_acc=67.93, alignment=0.6631, uniformity=-1.7332),
     f"student_baseline_supcon_temp_0.07{_S}": dict(test_acc=69.08, alignment=0.4377, uniformity=-2.5665),
@@ -35,13 +35,16 @@ SEED_RESULTS: dict[str, dict] = {
 }
 
 
-def seed_reference(config: dict) -> dict | None:
-    """The seed's published numbers for the CIFAR-100 twin of a run (same method and hyperparameters,
-    a bank of 4096 if the run uses one), or ``None`` where the seed has no such run (e.g. KD)."""
+def reference_for(config: dict) -> dict | None:
+    """The reference numbers for the CIFAR-100 twin of a distillation run (same method and
+    hyperparameters, a bank of 4096 if the run uses one), or ``None`` where the write-ups have no
+    such run (e.g. KD, MoCo-v3)."""
     import dataclasses
 
     from .config import RunConfig
 
+    if "method" not in config:  # a MoCo-v3 run
+        return None
     cfg = RunConfig.from_dict(config)
     twin = dataclasses.replace(cfg, dataset="cifar100", bank_k=4096 if cfg.bank_k else 0, teacher=None)
-    return SEED_RESULTS.get(twin.seed_name)
+    return REFERENCE_RESULTS.get(twin.reference_name)

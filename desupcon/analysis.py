@@ -1,0 +1,75 @@
+"""The analysis step: figures of saved runs, drawn from their checkpoints and logs (training draws nothing).
+
+``draw_run(summary)`` loads a finished run's network (its first seed), embeds the test set and writes
+``plots/tsne_<run>.png``, ``plots/<run>_hypersphere.html``, ``plots/<run>_alignment.png`` and
+``plots/<run>_curves.png``; figures that exist already are kept unless ``force``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from . import plots
+from .augment import PRESETS, augment
+from .config import RunConfig
+from .data import Data
+from .engine import default_device
+from .evaluate import embed
+from .store import log_path, plots_dir, read_json
+
+FIGURES = ("tsne", "hypersphere", "alignment", "curves")
+
+
+def figure_paths(run_name: str) -> dict:
+    out = plots_dir()
+    return {"tsne": out / f"tsne_{run_name}.png", "hypersphere": out / f"{run_name}_hypersphere.html",
+            "alignment": out / f"{run_name}_alignment.png", "curves": out / f"{run_name}_curves.png"}
+
+
+def _config(summary_or_config):
+    if not isinstance(summary_or_config, dict):
+        return summary_or_config
+    config = summary_or_config.get("config", summary_or_config)
+    if "method" in config:
+        return RunConfig.from_dict(config)
+    from .moco_config import MocoConfig
+
+    return MocoConfig.from_dict(config)
+
+
+def _encoder(cfg, device):
+    if cfg.role == "pretrain":
+        from .moco import load_encoder
+
+        return load_encoder(cfg, cfg.train.epochs, device)
+    from .train import load_model
+
+    return load_model(cfg, device=device)
+
+
+def draw_run(summary_or_config, kinds=FIGURES, force: bool = False, device=None) -> dict:
+    """Draw the figures ``kinds`` of a finished run (a summary of ``train``, or its config); return their paths."""
+    cfg = _config(summary_or_config)
+    name = cfg.run_name(cfg.seeds[0])
+    paths = {kind: path for kind, path in figure_paths(name).items() if kind in kinds}
+    missing = [kind for kind, path in paths.items() if force or not path.exists()]
+    if "curves" in missing:
+        history = read_json(log_path(name))["epochs"]
+        metrics = [m for m in ("loss", "train_acc", "momentum") if m in history[0]]
+        plots.plot_training_curves({name: history}, paths["curves"], metrics=metrics)
+    if not set(missing) - {"curves"}:
+        return paths
+    device = torch.device(device) if device else default_device()
+    encoder, test = _encoder(cfg, device), Data.load(cfg.dataset, device).test
+    size = cfg.image_size
+    features, z, *_ = embed(encoder, test.images, test.mean, test.std, size=size)
+    if "tsne" in missing:
+        plots.plot_tsne(features, test.labels, paths["tsne"], title=name)
+    if "hypersphere" in missing:
+        plots.plot_hypersphere(z, test.labels, paths["hypersphere"], title=name)
+    if "alignment" in missing:  # the two views the evaluation measured alignment and uniformity on
+        gen = torch.Generator(device=device).manual_seed(cfg.seeds[0])
+        view = lambda c: lambda batch: augment(batch, c, test.mean, test.std, gen, size)
+        z1, z2 = (embed(encoder, test.images, test.mean, test.std, transform=view(c))[1] for c in PRESETS["supcon"])
+        plots.plot_alignment(z1, z2, test.labels, paths["alignment"], title=name)
+    return paths

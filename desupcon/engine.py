@@ -1,0 +1,296 @@
+"""The trainer core every run uses: generators, autocast and grad scaler, accumulation, NaN guard,
+optimiser and schedule, epoch checkpoints and exact resume.
+
+A run kind supplies only what differs, as a *task* (``desupcon.distill.DistillationTask``,
+``desupcon.moco.MoCoTask``): its modules, its trainable parameters, the loss of a micro-batch, extra
+checkpoint state and the encoder evaluated at the end. ``fit(cfg, ...)`` trains one single-seed run
+(or loads it from the artefact store), resuming exactly from its last epoch checkpoint.
+
+Data order: every epoch draws one permutation from ``order_gen`` (the same on every rank); optimiser
+step s takes ``accum_steps`` forwards of ``batch_size`` images each, and rank r trains on its slice
+``[r * per_rank, (r + 1) * per_rank)`` of each forward's images. Each rank has its own augmentation
+stream ``aug_gen``; checkpoints hold every rank's stream, and each rank gets its own back on resume.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import dataclass
+
+import torch
+from tqdm import tqdm
+
+from . import distributed as dist
+from .data import Data
+from .store import CHECKPOINT_FORMAT, atomic_link, atomic_save, atomic_write_json, cached_checkpoint, \
+    checkpoint_path, log_path, snapshot_path
+
+NAN_CAUSES = ("usual causes: a temperature that is too low (tau < 0.05 with large alpha saturates the "
+              "exponentials), a learning rate that is too high, or a stale memory bank (lower bank_momentum "
+              "or bank_k); lower one and rerun: training resumes from the last good checkpoint")
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """What the trainer core reads from a run's config (``RunConfig.recipe``, ``MocoConfig.recipe``).
+
+    batch_size: global images per forward; accum_steps forwards make one optimiser step.
+    lr: the peak learning rate (after any batch scaling); schedule: "cosine" or "constant",
+        after ``warmup_epochs`` of linear warmup.
+    amp: mixed precision on CUDA by default (bf16, fp16 with a grad scaler where bf16 is missing).
+    checkpoint_every: epochs between checkpoints (and the last epoch); ``snapshots`` keeps each one.
+    """
+
+    epochs: int
+    batch_size: int
+    accum_steps: int
+    seed: int
+    optimizer: str
+    lr: float
+    weight_decay: float
+    sgd_momentum: float
+    schedule: str
+    warmup_epochs: int
+    amp: bool
+    checkpoint_every: int
+    snapshots: bool
+
+
+def lr_factor(step: int, warmup: int, total: int, schedule: str = "cosine") -> float:
+    """Linear warmup to 1 over ``warmup`` steps, then cosine annealing to 0 at ``total`` (or constant 1)."""
+    if step < warmup:
+        return (step + 1) / warmup
+    if schedule == "constant":
+        return 1.0
+    return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+
+
+def _optimizer(recipe: Recipe, params, device: torch.device) -> torch.optim.Optimizer:
+    fast = {"fused": True} if device.type == "cuda" else {"foreach": True}
+    if recipe.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=recipe.lr, momentum=recipe.sgd_momentum, weight_decay=recipe.weight_decay,
+                               nesterov=True, **fast)
+    cls = torch.optim.AdamW if recipe.optimizer == "adamw" else torch.optim.Adam
+    return cls(params, lr=recipe.lr, weight_decay=recipe.weight_decay, **fast)
+
+
+def _autocast_dtype(device: torch.device, fast: bool) -> torch.dtype | None:
+    """bf16 where mixed precision is on (fp16 on GPUs without bf16); None = full precision."""
+    if not fast:
+        return None
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        return torch.float16
+    return torch.bfloat16
+
+
+def _task_class(cfg):
+    if cfg.role == "pretrain":
+        from .moco import MoCoTask
+        return MoCoTask
+    from .distill import DistillationTask
+    return DistillationTask
+
+
+class Trainer:
+    """State and step of one single-seed run of any kind.
+
+    Args:
+        cfg: the run's single-seed config (``RunConfig`` or ``MocoConfig``).
+        data: train/test splits on ``device``.
+        device: training device.
+        teacher: the trained teacher (with projection head) for distillation runs that use one.
+        fast: mixed precision (bf16 autocast; channels_last for CNN students); default: on CUDA
+            when the recipe allows it. The maths is the same in fp32.
+
+    ``task`` holds what the run kind supplies; ``model`` is its trained network.
+    """
+
+    def __init__(self, cfg, data: Data, device, teacher=None, fast: bool | None = None):
+        self.cfg, self.data, self.device = cfg, data, torch.device(device)
+        self.recipe = r = cfg.recipe
+        self.fast = (self.device.type == "cuda" and r.amp) if fast is None else fast
+        self.autocast_dtype = _autocast_dtype(self.device, self.fast)
+        torch.manual_seed(r.seed)
+        torch.backends.cudnn.benchmark = True
+        self.order_gen = torch.Generator(device=self.device).manual_seed(r.seed)  # same on every rank
+        self.aug_gen = torch.Generator(device=self.device).manual_seed(r.seed + 1000003 * (dist.rank() + 1))
+        self.task = _task_class(cfg)(self, teacher)
+        self.model = self.task.model
+        self.steps_per_epoch = len(data.train) // (r.batch_size * r.accum_steps)
+        self.total_steps = r.epochs * self.steps_per_epoch
+        self.global_step = 0
+        self.optimizer = _optimizer(r, self.task.parameters(), self.device)
+        warmup = r.warmup_epochs * self.steps_per_epoch
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: lr_factor(s, warmup, self.total_steps, r.schedule))
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.autocast_dtype == torch.float16)
+
+    def state_dict(self) -> dict:
+        """Everything a resume needs; under DDP every rank calls it (it gathers each rank's augmentation RNG)."""
+        aug = dist.gather(self.aug_gen.get_state().to(self.device)).view(dist.world_size(), -1).cpu()  # (W, S)
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
+                "global_step": self.global_step,
+                "rng": {"order": self.order_gen.get_state(), "aug": aug, "torch": torch.get_rng_state()},
+                **self.task.extra_state()}
+
+    def load_state_dict(self, state: dict):
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.global_step = state["global_step"]
+        self.order_gen.set_state(state["rng"]["order"])
+        aug = state["rng"]["aug"]  # (world size that saved it, S): one augmentation stream per rank
+        if len(aug) == dist.world_size():
+            self.aug_gen.set_state(aug[dist.rank()].clone())  # its own storage: a row view segfaults
+        elif dist.is_main():
+            print(f"[resume] saved by {len(aug)} processes, resumed by {dist.world_size()}: augmentations restart "
+                  f"from their seeds (data order, model, optimiser and bank resume exactly)")
+        torch.set_rng_state(state["rng"]["torch"])
+        self.task.load_extra_state(state)
+
+    def step(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """One optimisation step on this rank's images ``idx`` (``accum_steps`` forwards, in order).
+
+        Returns the detached mean loss and the logits of every image (None for runs without a
+        classifier); nothing here waits for the device.
+        """
+        accum = self.recipe.accum_steps
+        self.task.begin_step(self.global_step, self.total_steps)
+        self.optimizer.zero_grad(set_to_none=True)
+        total, logits = None, []
+        for micro, part in enumerate(idx.chunk(accum)):
+            last = micro == accum - 1
+            with contextlib.ExitStack() as stack:
+                if dist.is_distributed() and not last:  # gradients are averaged over ranks once, at the end
+                    for module in self.task.ddp_modules:
+                        stack.enter_context(module.no_sync())
+                with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.bfloat16,
+                                    enabled=self.autocast_dtype is not None):
+                    loss, part_logits = self.task.loss(part)
+                self.scaler.scale(loss / accum if accum > 1 else loss).backward()
+            total = loss.detach() / accum if total is None else total + loss.detach() / accum
+            if part_logits is not None:
+                logits.append(part_logits.detach())
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        self.global_step += 1
+        return total, (torch.cat(logits) if len(logits) > 1 else logits[0]) if logits else None
+
+    def epoch(self, epoch: int, run_name: str, bar) -> dict:
+        """One epoch; returns its log entry over all ranks. Losses stay on the device until the end of the epoch."""
+        r, start = self.recipe, time.time()
+        self.task.train()
+        order = torch.randperm(len(self.data.train), generator=self.order_gen, device=self.device)
+        per_rank = r.batch_size // dist.world_size()
+        losses = torch.zeros(self.steps_per_epoch, device=self.device)
+        correct = torch.zeros((), device=self.device)
+        has_logits = False
+        check_every = 1 if self.device.type == "cpu" else 50  # a host check is free on the CPU
+        for step in range(self.steps_per_epoch):
+            firsts = [(step * r.accum_steps + m) * r.batch_size + dist.rank() * per_rank for m in range(r.accum_steps)]
+            idx = order[firsts[0]:firsts[0] + per_rank] if r.accum_steps == 1 else \
+                torch.cat([order[f:f + per_rank] for f in firsts])
+            loss, logits = self.step(idx)
+            losses[step] = loss
+            if logits is not None:
+                has_logits = True
+                correct += (logits.argmax(dim=1) == self.data.train.labels[idx]).sum()
+            if (step + 1) % check_every == 0 or step + 1 == self.steps_per_epoch:
+                _check_finite(losses[:step + 1], epoch, run_name)
+            bar.update(1)
+        losses = dist.sum_over_ranks(losses) / dist.world_size()  # the mean of the ranks' losses
+        entry = {"epoch": epoch + 1, "loss": losses.mean().item()}
+        if has_logits:
+            seen = self.steps_per_epoch * r.batch_size * r.accum_steps
+            entry["train_acc"] = 100.0 * dist.sum_over_ranks(correct).item() / seen
+        entry["lr"] = self.scheduler.get_last_lr()[0]
+        return {**entry, **self.task.log_entry(), "seconds": round(time.time() - start, 3)}
+
+
+def _check_finite(losses: torch.Tensor, epoch: int, run_name: str):
+    finite = torch.isfinite(losses)
+    if bool(finite.all()):
+        return
+    bad = int((~finite).nonzero()[0])
+    last = f"{losses[bad - 1].item():.4f} at step {bad}" if bad > 0 else "none in this epoch"
+    raise NonFiniteLossError(
+        f"{run_name}: the loss became {losses[bad].item()} at epoch {epoch + 1}, step {bad + 1} (last finite loss "
+        f"{last}); training stopped and the last good checkpoint {checkpoint_path(run_name)} is kept; {NAN_CAUSES}")
+
+
+def fit(cfg, run_name: str, data: Data, device, force_retrain: bool = False, teacher=None) -> dict:
+    """Train one single-seed run (or load it from the store), evaluate it, and return its results.
+
+    A complete cached checkpoint with an equal config is reused; a partial one is resumed exactly;
+    one trained with another config raises ``StaleRunError``.
+    """
+    from .evaluate import evaluate_run
+
+    ckpt = cached_checkpoint(cfg, run_name, force_retrain)
+    path = checkpoint_path(run_name)
+    if ckpt is not None and ckpt["complete"]:
+        if dist.is_main():
+            print(f"[cache] {run_name}: loaded {path}")
+        return ckpt["results"]
+    trainer = Trainer(cfg, data, device, teacher)
+    history = []
+    if ckpt is not None:
+        trainer.load_state_dict(ckpt)
+        history = ckpt["history"]
+        if dist.is_main():
+            print(f"[resume] {run_name}: from epoch {ckpt['epoch']} of {trainer.recipe.epochs} ({path})")
+    trainer.task.announce()
+    r = trainer.recipe
+    bar = tqdm(total=trainer.total_steps, initial=len(history) * trainer.steps_per_epoch, desc=run_name,
+               disable=not dist.is_main(), mininterval=1.0)
+    for epoch in range(len(history), r.epochs):
+        history.append(trainer.epoch(epoch, run_name, bar))
+        bar.set_postfix({k: f"{history[-1][k]:.3f}" for k in ("loss", "train_acc") if k in history[-1]})
+        if (epoch + 1) % r.checkpoint_every == 0 or epoch + 1 == r.epochs:
+            _save(cfg, run_name, trainer, history, complete=False)
+        elif dist.is_main():
+            _write_log(cfg, run_name, history, complete=False, results=None)
+    bar.close()
+    results = evaluate_run(cfg, trainer.task.encoder(), data, history) if dist.is_main() else None
+    _save(cfg, run_name, trainer, history, complete=True, results=results)
+    results = dist.broadcast_object(results)  # the other ranks wait here for rank 0's evaluation and checkpoint
+    if dist.is_main():
+        print(f"[done] {run_name}: test acc {results['test_acc']:.2f}% | checkpoint {path} | log {log_path(run_name)}")
+    return results
+
+
+def _save(cfg, run_name: str, trainer: Trainer, history: list, complete: bool, results: dict | None = None):
+    """Checkpoint and JSON log of the run, written by rank 0 (every rank calls it: see ``Trainer.state_dict``).
+
+    A run that keeps snapshots links each epoch checkpoint to ``pth_models/<run>/epoch_<E>.pth``.
+    """
+    trainer_state = trainer.state_dict()
+    if not dist.is_main():
+        return
+    state = {"format": CHECKPOINT_FORMAT, "config": cfg.to_dict(), "run_name": run_name, "complete": complete,
+             "epoch": len(history), "history": history, "num_classes": trainer.data.train.num_classes,
+             **trainer_state}
+    if results is not None:
+        state["results"] = results
+    path = atomic_save(state, checkpoint_path(run_name))
+    if trainer.recipe.snapshots and not complete:
+        atomic_link(path, snapshot_path(run_name, len(history)))
+    _write_log(cfg, run_name, history, complete, results)
+
+
+def _write_log(cfg, run_name: str, history: list, complete: bool, results: dict | None):
+    atomic_write_json({"run_name": run_name, "config": cfg.to_dict(), "complete": complete, "epochs": history,
+                       "results": results}, log_path(run_name))
