@@ -109,7 +109,8 @@ def cmd_evaluate_checkpoints(args) -> None:
     evaluate_checkpoints(args.config, args.epochs, overrides=args.set)
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line: one subcommand per entry point."""
     parser = argparse.ArgumentParser(prog="python -m desupcon", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     from .registry import runnable
@@ -146,15 +147,19 @@ def main(argv=None) -> int:
     p.add_argument("--epochs", nargs="+", type=int, required=True, help="checkpoint epochs, e.g. 1 10 50 100")
     p.add_argument("--set", nargs="*", default=[], metavar="SECTION.KEY=VALUE")
     p.set_defaults(fn=cmd_evaluate_checkpoints)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    from .checks import DivergenceError
     from .config import ConfigError
     from .data import DatasetUnavailableError
-    from .engine import NonFiniteLossError
-    from .store import CheckpointError, StaleRunError
+    from .store import ArtefactWriteError, CheckpointError, StaleRunError
 
     try:
         args.fn(args)
-    except (ConfigError, DatasetUnavailableError, CheckpointError, StaleRunError, NonFiniteLossError,
+    except (ConfigError, DatasetUnavailableError, CheckpointError, StaleRunError, DivergenceError, ArtefactWriteError,
             FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

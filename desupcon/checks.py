@@ -1,8 +1,9 @@
-"""Value checks on tensors that never make a training step wait for the host.
+"""Value checks on tensors: input checks that never make a training step wait, and divergence bounds.
 
-On the CPU a failed check raises ``ValueError`` at once. On an accelerator the condition is
+On the CPU a failed input check raises ``ValueError`` at once. On an accelerator the condition is
 asserted on the device (``torch._assert_async``), so the step queues no host-device sync; a
-failure surfaces as a device-side assertion carrying the same message.
+failure surfaces as a device-side assertion carrying the same message. ``DivergenceError`` and the
+bounds of ``desupcon.engine``'s divergence guard live here too.
 """
 
 from __future__ import annotations
@@ -24,3 +25,24 @@ def require_in_range(name: str, values: torch.Tensor, high: int, what: str = "cl
     if values.is_floating_point() or values.dtype == torch.bool:
         raise ValueError(f"{name} must hold integer {what}, got dtype {values.dtype}")
     require(((values >= 0) & (values < high)).all(), f"{name} must lie in [0, {high}) ({what})")
+
+
+# Bounds past which training has diverged even while every value is still finite (documented in
+# the README's "When things go wrong"): a loss or gradient norm above 1e6, or a weight above 1e4 in
+# absolute value, is far outside anything a converging run of these networks produces.
+LOSS_BOUND = 1e6
+GRAD_NORM_BOUND = 1e6
+WEIGHT_BOUND = 1e4
+
+
+class DivergenceError(RuntimeError):
+    """Training diverged (a non-finite or exploding loss, gradient, weight or feature); nothing bad was saved."""
+
+
+def require_finite(name: str, values: torch.Tensor, where: str) -> None:
+    """``DivergenceError`` unless every entry of ``values`` is finite (one host sync; not for the hot path)."""
+    finite = torch.isfinite(values)
+    if not bool(finite.all()):
+        bad = int((~finite).sum())
+        raise DivergenceError(f"{where}: {bad} of {values.numel()} values of {name} are NaN or infinite; the network "
+                              f"diverged, so it is neither evaluated nor plotted")

@@ -305,12 +305,11 @@ class EvalConfig(Config):
     """
 
     knn_k: int = checked(200, ">= 1", lambda v: v >= 1)
-    knn_temperature: float = checked(0.1, "> 0", lambda v: v > 0)
+    knn_temperature: float = checked(0.1, "in (0, 10]", lambda v: 0 < v <= 10)
     probe_epochs: int = checked(50, ">= 1", lambda v: v >= 1)
 
 
 
-_positive = lambda v: v > 0
 _non_negative = lambda v: v >= 0
 _fraction = lambda v: 0 <= v <= 1
 _below_one = lambda v: 0 <= v < 1
@@ -363,18 +362,18 @@ class RunConfig(Config):
     batch_size: int = checked(128, ">= 2 (contrastive losses need pairs)", lambda v: v >= 2)
     accum_steps: int = checked(1, ">= 1 (1 = no gradient accumulation)", lambda v: v >= 1)
     optimizer: str = checked("adam", f"one of {list(OPTIMIZERS)}", lambda v: v in OPTIMIZERS)
-    lr: float = checked(1e-3, "> 0 (the write-ups use 1e-3 with Adam)", _positive)
-    weight_decay: float = checked(1e-4, ">= 0", _non_negative)
+    lr: float = checked(1e-3, "in (0, 10] (the write-ups use 1e-3 with Adam)", lambda v: 0 < v <= 10)
+    weight_decay: float = checked(1e-4, "in [0, 1]", _fraction)
     sgd_momentum: float = checked(0.9, "in [0, 1)", _below_one)
     schedule: str = checked("cosine", f"one of {list(SCHEDULES)}", lambda v: v in SCHEDULES)
     warmup_epochs: int = checked(0, ">= 0", _non_negative)
     seeds: tuple[int, ...] = (DEFAULT_SEED,)
-    temperature: float = checked(0.07, "> 0 (the write-ups use 0.07)", _positive)
-    alpha: float = checked(1.0, "> 0 (the loss is divided by alpha)", _positive)
-    beta: float = checked(10.0, ">= 0", _non_negative)
+    temperature: float = checked(0.07, "in (0, 10] (the write-ups use 0.07)", lambda v: 0 < v <= 10)
+    alpha: float = checked(1.0, "in (0, 100] (the loss is divided by alpha)", lambda v: 0 < v <= 100)
+    beta: float = checked(10.0, "in [0, 100]", lambda v: 0 <= v <= 100)
     adaptive_beta: bool = True
     hybrid_lambda: float = checked(0.5, "in [0, 1]", _fraction)
-    kd_temperature: float = checked(4.0, "> 0", _positive)
+    kd_temperature: float = checked(4.0, "in (0, 100]", lambda v: 0 < v <= 100)
     kd_weight: float = checked(0.9, "in [0, 1]", _fraction)
     bank_k: int = checked(0, ">= 0 (0 = no memory bank)", _non_negative)
     bank_momentum: float = checked(0.5, "in [0, 1)", _below_one)

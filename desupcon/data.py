@@ -2,7 +2,8 @@
 
 The embedded dataset is scikit-learn's bundled ``load_digits`` (1,797 real 8x8 digits, upsampled
 to 16x16 RGB, a fixed stratified 80/20 split). CIFAR-10/100 and STL-10 come through
-``torchvision.datasets``, downloaded to ``$DESUPCON_DATA`` (default ``./data``).
+``torchvision.datasets``, downloaded to ``data_root()``: ``$DESUPCON_DATA``, by default ``data/`` in the
+output home (``$DESUPCON_HOME``, by default the repository root), whatever the working directory.
 """
 
 from __future__ import annotations
@@ -56,7 +57,22 @@ class ImageDataset:
 
 
 def data_root() -> Path:
-    return Path(os.environ.get("DESUPCON_DATA", "./data"))
+    """Where torchvision datasets are read from and downloaded to; the same place from the CLI, a
+    notebook (whose working directory is ``notebooks/``) or any other working directory.
+
+    ``$DESUPCON_DATA`` if set: an absolute path (or ``~/...``) as it is, a relative one resolved against
+    the output home, so ``DESUPCON_DATA=datasets`` means ``$DESUPCON_HOME/datasets``. Otherwise
+    ``$DESUPCON_HOME/data``, ``$DESUPCON_HOME`` defaulting to the repository root
+    (``desupcon.store.output_root()``).
+    """
+    from .store import output_root  # here, not at the top: store must not depend on data's import order
+
+    home = Path(output_root())
+    value = os.environ.get("DESUPCON_DATA")
+    if not value:
+        return home / "data"
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else home / path
 
 
 def load_dataset(name: str, train: bool) -> ImageDataset:

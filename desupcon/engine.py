@@ -23,17 +23,14 @@ import torch
 from tqdm import tqdm
 
 from . import distributed as dist
+from .checks import GRAD_NORM_BOUND, LOSS_BOUND, WEIGHT_BOUND, DivergenceError
 from .data import Data
-from .store import CHECKPOINT_FORMAT, atomic_link, atomic_save, atomic_write_json, cached_checkpoint, \
-    checkpoint_path, log_path, snapshot_path
+from .store import CHECKPOINT_FORMAT, CheckpointError, atomic_link, atomic_save, atomic_write_json, \
+    cached_checkpoint, checkpoint_path, log_path, read_json, snapshot_path
 
-NAN_CAUSES = ("usual causes: a temperature that is too low (tau < 0.05 with large alpha saturates the "
-              "exponentials), a learning rate that is too high, or a stale memory bank (lower bank_momentum "
-              "or bank_k); lower one and rerun: training resumes from the last good checkpoint")
-
-
-class NonFiniteLossError(RuntimeError):
-    """The loss became NaN or infinite; the last good checkpoint is kept."""
+CAUSES = ("likely causes: a learning rate that is too high, a temperature that is too low (tau < 0.05 with "
+          "large alpha saturates the exponentials), or a stale memory bank (lower bank_momentum or bank_k); "
+          "lower it and rerun")
 
 
 def default_device() -> torch.device:
@@ -134,6 +131,7 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: lr_factor(s, warmup, self.total_steps, r.schedule))
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.autocast_dtype == torch.float16)
+        self.grad_norm = torch.zeros((), device=self.device)  # of the last step, before the update
 
     def state_dict(self) -> dict:
         """Everything a resume needs; under DDP every rank calls it (it gathers each rank's augmentation RNG)."""
@@ -164,7 +162,7 @@ class Trainer:
         """One optimisation step on this rank's images ``idx`` (``accum_steps`` forwards, in order).
 
         Returns the detached mean loss and the logits of every image (None for runs without a
-        classifier); nothing here waits for the device.
+        classifier) and leaves the gradient norm in ``grad_norm``; nothing here waits for the device.
         """
         accum = self.recipe.accum_steps
         self.task.begin_step(self.global_step, self.total_steps)
@@ -183,6 +181,9 @@ class Trainer:
             total = loss.detach() / accum if total is None else total + loss.detach() / accum
             if part_logits is not None:
                 logits.append(part_logits.detach())
+        self.scaler.unscale_(self.optimizer)
+        grads = [p.grad for group in self.optimizer.param_groups for p in group["params"] if p.grad is not None]
+        self.grad_norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))) if grads else self.grad_norm
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
@@ -196,6 +197,7 @@ class Trainer:
         order = torch.randperm(len(self.data.train), generator=self.order_gen, device=self.device)
         per_rank = r.batch_size // dist.world_size()
         losses = torch.zeros(self.steps_per_epoch, device=self.device)
+        grad_norms = torch.zeros(self.steps_per_epoch, device=self.device)
         correct = torch.zeros((), device=self.device)
         has_logits = False
         check_every = 1 if self.device.type == "cpu" else 50  # a host check is free on the CPU
@@ -204,13 +206,15 @@ class Trainer:
             idx = order[firsts[0]:firsts[0] + per_rank] if r.accum_steps == 1 else \
                 torch.cat([order[f:f + per_rank] for f in firsts])
             loss, logits = self.step(idx)
-            losses[step] = loss
+            losses[step], grad_norms[step] = loss, self.grad_norm
             if logits is not None:
                 has_logits = True
                 correct += (logits.argmax(dim=1) == self.data.train.labels[idx]).sum()
             if (step + 1) % check_every == 0 or step + 1 == self.steps_per_epoch:
-                _check_finite(losses[:step + 1], epoch, run_name)
+                check_divergence(losses[:step + 1], grad_norms[:step + 1], epoch, run_name,
+                                 fp16=self.scaler.is_enabled())
             bar.update(1)
+        self._check_weights(epoch, run_name)
         losses = dist.sum_over_ranks(losses) / dist.world_size()  # the mean of the ranks' losses
         entry = {"epoch": epoch + 1, "loss": losses.mean().item()}
         if has_logits:
@@ -220,30 +224,70 @@ class Trainer:
         return {**entry, **self.task.log_entry(), "seconds": round(time.time() - start, 3)}
 
 
-def _check_finite(losses: torch.Tensor, epoch: int, run_name: str):
-    finite = torch.isfinite(losses)
-    if bool(finite.all()):
+    def _check_weights(self, epoch: int, run_name: str):
+        """``DivergenceError`` if a trainable weight is non-finite or past ``WEIGHT_BOUND`` (before any save)."""
+        params = [p.detach() for p in self.task.parameters()]
+        largest = torch.stack(torch._foreach_norm(params, float("inf"))).max().item()
+        if not math.isfinite(largest) or largest > WEIGHT_BOUND:
+            raise DivergenceError(f"{run_name}: a weight became {largest:.4g} (bound {WEIGHT_BOUND:g}) in epoch "
+                                  f"{epoch + 1}; training stopped before the epoch was saved; {CAUSES}")
+
+
+def check_divergence(losses: torch.Tensor, grad_norms: torch.Tensor, epoch: int, run_name: str,
+                     fp16: bool = False) -> None:
+    """``DivergenceError`` at the first step whose loss or gradient norm is non-finite or past its bound.
+
+    ``losses`` and ``grad_norms`` are the epoch's steps so far; under fp16 (``fp16``) a non-finite
+    gradient is the grad scaler's business (it skips that step).
+    """
+    bad_loss = ~torch.isfinite(losses) | (losses.abs() > LOSS_BOUND)
+    finite_grad = torch.isfinite(grad_norms)
+    bad_grad = finite_grad & (grad_norms > GRAD_NORM_BOUND)
+    if not fp16:
+        bad_grad |= ~finite_grad
+    bad = bad_loss | bad_grad
+    if not bool(bad.any()):
         return
-    bad = int((~finite).nonzero()[0])
-    last = f"{losses[bad - 1].item():.4f} at step {bad}" if bad > 0 else "none in this epoch"
-    raise NonFiniteLossError(
-        f"{run_name}: the loss became {losses[bad].item()} at epoch {epoch + 1}, step {bad + 1} (last finite loss "
-        f"{last}); training stopped and the last good checkpoint {checkpoint_path(run_name)} is kept; {NAN_CAUSES}")
+    step = int(bad.nonzero()[0])
+    if bool(bad_loss[step]):
+        value = losses[step].item()
+        what = f"the loss became {value:.4g}" + (f" (bound {LOSS_BOUND:g})" if math.isfinite(value) else "")
+    else:
+        value = grad_norms[step].item()
+        what = f"the gradient norm became {value:.4g}" + (f" (bound {GRAD_NORM_BOUND:g})" if math.isfinite(value) else "")
+    last = f"{losses[step - 1].item():.4f} at step {step}" if step > 0 else "none in this epoch"
+    raise DivergenceError(f"{run_name}: {what} at epoch {epoch + 1}, step {step + 1} (last good loss {last}); "
+                          f"training stopped; {CAUSES}")
 
 
-def fit(cfg, run_name: str, data: Data, device, force_retrain: bool = False, teacher=None) -> dict:
+def _checkpoint_status(run_name: str, saved_epoch: int) -> str:
+    """Whether a good checkpoint of this run exists, and where, for a divergence message."""
+    path = checkpoint_path(run_name)
+    if saved_epoch:
+        return f"the last good checkpoint {path} (epoch {saved_epoch}) is kept, and a rerun resumes from it"
+    if path.exists():
+        return f"no epoch of this run was saved; {path} still holds the run it was to replace"
+    return f"no checkpoint of this run exists yet ({path}), so a rerun starts from the beginning"
+
+
+def fit(cfg, run_name: str, data: Data, device, force_retrain: bool = False, teacher=None,
+        lineage: dict | None = None) -> dict:
     """Train one single-seed run (or load it from the store), evaluate it, and return its results.
 
-    A complete cached checkpoint with an equal config is reused; a partial one is resumed exactly;
-    one trained with another config raises ``StaleRunError``.
+    A complete cached checkpoint with an equal config and ``lineage`` (the content hashes of the
+    artefacts the run is built from, e.g. ``{"teacher": {"run", "content_hash"}}``) is reused, its
+    training log rewritten if it went missing; a partial one is resumed exactly; one trained with
+    another config or from other inputs raises ``StaleRunError``. A divergence raises
+    ``DivergenceError`` saying whether a good checkpoint exists and where; nothing diverged is saved.
     """
     from .evaluate import evaluate_run
 
-    ckpt = cached_checkpoint(cfg, run_name, force_retrain)
+    ckpt = cached_checkpoint(cfg, run_name, force_retrain, lineage)
     path = checkpoint_path(run_name)
     if ckpt is not None and ckpt["complete"]:
         if dist.is_main():
             print(f"[cache] {run_name}: loaded {path}")
+            _restore_log(cfg, run_name, ckpt)
         return ckpt["results"]
     trainer = Trainer(cfg, data, device, teacher)
     history = []
@@ -253,26 +297,33 @@ def fit(cfg, run_name: str, data: Data, device, force_retrain: bool = False, tea
         if dist.is_main():
             print(f"[resume] {run_name}: from epoch {ckpt['epoch']} of {trainer.recipe.epochs} ({path})")
     trainer.task.announce()
-    r = trainer.recipe
+    r, saved_epoch = trainer.recipe, len(history)
     bar = tqdm(total=trainer.total_steps, initial=len(history) * trainer.steps_per_epoch, desc=run_name,
                disable=not dist.is_main(), mininterval=1.0)
-    for epoch in range(len(history), r.epochs):
-        history.append(trainer.epoch(epoch, run_name, bar))
-        bar.set_postfix({k: f"{history[-1][k]:.3f}" for k in ("loss", "train_acc") if k in history[-1]})
-        if (epoch + 1) % r.checkpoint_every == 0 or epoch + 1 == r.epochs:
-            _save(cfg, run_name, trainer, history, complete=False)
-        elif dist.is_main():
-            _write_log(cfg, run_name, history, complete=False, results=None)
-    bar.close()
-    results = evaluate_run(cfg, trainer.task.encoder(), data, history) if dist.is_main() else None
-    _save(cfg, run_name, trainer, history, complete=True, results=results)
+    try:
+        for epoch in range(len(history), r.epochs):
+            history.append(trainer.epoch(epoch, run_name, bar))
+            bar.set_postfix({k: f"{history[-1][k]:.3f}" for k in ("loss", "train_acc") if k in history[-1]})
+            if (epoch + 1) % r.checkpoint_every == 0 or epoch + 1 == r.epochs:
+                _save(cfg, run_name, trainer, history, complete=False, lineage=lineage)
+                saved_epoch = len(history)
+            elif dist.is_main():
+                _write_log(cfg, run_name, history, complete=False, results=None, lineage=lineage)
+        bar.close()
+        results = evaluate_run(cfg, trainer.task.encoder(), data, history, run_name) if dist.is_main() else None
+    except DivergenceError as err:
+        raise DivergenceError(f"{err}; {_checkpoint_status(run_name, saved_epoch)}") from None
+    finally:
+        bar.close()  # an error message starts on a line of its own
+    _save(cfg, run_name, trainer, history, complete=True, results=results, lineage=lineage)
     results = dist.broadcast_object(results)  # the other ranks wait here for rank 0's evaluation and checkpoint
     if dist.is_main():
         print(f"[done] {run_name}: test acc {results['test_acc']:.2f}% | checkpoint {path} | log {log_path(run_name)}")
     return results
 
 
-def _save(cfg, run_name: str, trainer: Trainer, history: list, complete: bool, results: dict | None = None):
+def _save(cfg, run_name: str, trainer: Trainer, history: list, complete: bool, results: dict | None = None,
+          lineage: dict | None = None):
     """Checkpoint and JSON log of the run, written by rank 0 (every rank calls it: see ``Trainer.state_dict``).
 
     A run that keeps snapshots links each epoch checkpoint to ``pth_models/<run>/epoch_<E>.pth``.
@@ -282,15 +333,29 @@ def _save(cfg, run_name: str, trainer: Trainer, history: list, complete: bool, r
         return
     state = {"format": CHECKPOINT_FORMAT, "config": cfg.to_dict(), "run_name": run_name, "complete": complete,
              "epoch": len(history), "history": history, "num_classes": trainer.data.train.num_classes,
-             **trainer_state}
+             "lineage": lineage or {}, **trainer_state}
     if results is not None:
         state["results"] = results
     path = atomic_save(state, checkpoint_path(run_name))
     if trainer.recipe.snapshots and not complete:
         atomic_link(path, snapshot_path(run_name, len(history)))
-    _write_log(cfg, run_name, history, complete, results)
+    _write_log(cfg, run_name, history, complete, results, lineage)
 
 
-def _write_log(cfg, run_name: str, history: list, complete: bool, results: dict | None):
+def _write_log(cfg, run_name: str, history: list, complete: bool, results: dict | None, lineage: dict | None):
     atomic_write_json({"run_name": run_name, "config": cfg.to_dict(), "complete": complete, "epochs": history,
-                       "results": results}, log_path(run_name))
+                       "results": results, "lineage": lineage or {}}, log_path(run_name))
+
+
+def _restore_log(cfg, run_name: str, ckpt: dict):
+    """Rewrite a cached run's training log from its checkpoint if the log is missing or damaged."""
+    path = log_path(run_name)
+    try:
+        read_json(path)
+        return
+    except FileNotFoundError:
+        problem = "missing"
+    except CheckpointError as err:
+        problem = f"damaged ({str(err).split(';')[0].removeprefix(str(path)).strip()})"
+    _write_log(cfg, run_name, ckpt["history"], True, ckpt["results"], ckpt.get("lineage"))
+    print(f"[cache] {run_name}: its training log {path} was {problem}; rewritten from the checkpoint")

@@ -112,7 +112,7 @@ def knn_accuracy(train_feats, train_labels, test_feats, test_labels, num_classes
 
 
 def evaluate_encoder(encoder: nn.Module, data, settings, seed: int, image_size: int | None = None,
-                     reports_head: bool = False, head_train_acc: float | None = None) -> dict:
+                     reports_head: bool = False, head_train_acc: float | None = None, where: str = "evaluation") -> dict:
     """The evaluation schema of a frozen ``encoder`` (``x -> (features, projections[, logits])``).
 
     Args:
@@ -123,12 +123,16 @@ def evaluate_encoder(encoder: nn.Module, data, settings, seed: int, image_size: 
         image_size: the side the encoder was trained at (default: the dataset's own).
         reports_head: ``test_acc`` is the classifier's accuracy (teacher, projection head), else the probe's.
         head_train_acc: the classifier's train accuracy, ``train_acc`` when ``reports_head``.
+        where: what is evaluated, for the message of ``DivergenceError`` when features are not finite.
     """
+    from .checks import require_finite
     from .metrics import representation_metrics, uniformity
 
     train, test = data.train, data.test
     f_tr = embed(encoder, train.images, train.mean, train.std, size=image_size)[0]
     f_te, z_te, *logits_te = embed(encoder, test.images, test.mean, test.std, size=image_size)
+    for name, values in (("the train features", f_tr), ("the test features", f_te), ("the test projections", z_te)):
+        require_finite(name, values, where)
     probe = linear_probe(f_tr, train.labels, f_te, test.labels, test.num_classes, epochs=settings.probe_epochs,
                          seed=seed)
     knn = knn_accuracy(f_tr, train.labels, f_te, test.labels, test.num_classes, k=settings.knn_k,
@@ -145,9 +149,10 @@ def evaluate_encoder(encoder: nn.Module, data, settings, seed: int, image_size: 
             **representation_metrics(z1, z2, test.labels), "uniformity_clean": uniformity(z_te).item()}
 
 
-def evaluate_run(cfg, encoder: nn.Module, data, history: list) -> dict:
+def evaluate_run(cfg, encoder: nn.Module, data, history: list, run_name: str) -> dict:
     """``evaluate_encoder`` of a finished run, with its training time (``train_seconds``)."""
     reports_head = cfg.role in ("teacher", "projection")
     results = evaluate_encoder(encoder, data, cfg.evaluation, cfg.seed, image_size=cfg.image_size,
-                               reports_head=reports_head, head_train_acc=history[-1].get("train_acc"))
+                               reports_head=reports_head, head_train_acc=history[-1].get("train_acc"),
+                               where=f"{run_name}: evaluation after epoch {len(history)}")
     return {**results, "train_seconds": sum(h["seconds"] for h in history)}

@@ -194,7 +194,7 @@ def lw_supcrd_loss(
         adaptive_beta: scale β by 1 / (p_i[y_i] + 0.5) (default: True).
         in_batch_keys: if given, only keys j < in_batch_keys can be positives; later keys
             (memory-bank entries) are negatives even when they share the anchor's label, as in
-            the seed's bank ablation (default: None, every same-label key is a positive).
+            the write-ups' bank ablation (default: None, every same-label key is a positive).
 
     Returns:
         Scalar loss; a differentiable zero when no anchor has a positive.

@@ -56,14 +56,14 @@ class TrainConfig(Config):
 
     epochs: int = checked(20, ">= 1", lambda v: v >= 1)
     batch_size: int = checked(32, ">= 2 (the loss contrasts images within a batch)", lambda v: v >= 2)
-    base_lr: float = checked(0.03, "> 0 (moco-v3 ViT: 1.5e-4)", lambda v: v > 0)
-    weight_decay: float = checked(1e-4, ">= 0", lambda v: v >= 0)
+    base_lr: float = checked(0.03, "in (0, 10] (moco-v3 ViT: 1.5e-4)", lambda v: 0 < v <= 10)
+    weight_decay: float = checked(1e-4, "in [0, 1]", lambda v: 0 <= v <= 1)
     warmup_epochs: int = checked(1, ">= 0", lambda v: v >= 0)
     accum_steps: int = checked(1, ">= 1 (1 = no gradient accumulation)", lambda v: v >= 1)
     momentum: float = checked(0.99, "in [0, 1) (moco-v3: 0.99)", lambda v: 0 <= v < 1)
     momentum_schedule: str = checked("fixed", f"one of {list(MOMENTUM_SCHEDULES)}",
                                      lambda v: v in MOMENTUM_SCHEDULES)
-    temperature: float = checked(0.2, "> 0 (moco-v3: 0.2)", lambda v: v > 0)
+    temperature: float = checked(0.2, "in (0, 10] (moco-v3: 0.2)", lambda v: 0 < v <= 10)
     queue_size: int = checked(0, ">= 0 (0 = no queue)", lambda v: v >= 0)
     amp: bool = True
     seed: int = 42

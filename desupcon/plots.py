@@ -40,6 +40,9 @@ def _embeddings_and_labels(embeddings, labels, name="embeddings"):
         raise ValueError(f"{name} must be a non-empty (N, D) array, got shape {x.shape}")
     if labels.shape != (len(x),):
         raise ValueError(f"labels must have shape ({len(x)},), got {labels.shape}")
+    if not np.isfinite(x).all():
+        raise ValueError(f"{name} hold {int((~np.isfinite(x)).sum())} NaN or infinite values: a diverged network "
+                         f"is not plotted (t-SNE would crash on them)")
     return x, labels
 
 
@@ -280,13 +283,13 @@ def plot_training_curves(logs, path, metrics=("loss", "train_acc")):
 def plot_alignment_uniformity(results, path, reference=None):
     """Alignment (x) against uniformity (y) per run, coloured by test accuracy (PNG).
 
-    ``results`` and the optional ``reference`` (e.g. the seed's published numbers, drawn hollow)
+    ``results`` and the optional ``reference`` (e.g. the reference (published) numbers, drawn hollow)
     are lists of dicts with keys ``name``, ``alignment``, ``uniformity``, ``test_acc``.
     Lower-left is better on both axes.
     """
     if not results:
         raise ValueError("results must hold at least one run")
-    groups = [(results, "this repo", True)] + ([(reference, "seed (published)", False)] if reference else [])
+    groups = [(results, "this repo", True)] + ([(reference, "reference (published CIFAR-100)", False)] if reference else [])
     accuracies = [r["test_acc"] for rows, _, _ in groups for r in rows]
     norm, cmap = Normalize(min(accuracies), max(accuracies)), colormaps["viridis"]
     fig = Figure(figsize=(8, 6))

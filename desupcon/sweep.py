@@ -79,9 +79,12 @@ def run_sweep(grid: str | list[RunConfig], devices: list[str], per_device: int =
     Returns one row per run, the teachers the grid builds on included, after printing them as a
     table: ``{"name", "status", "device", "seconds", "start", "end", "log"}``, the status "cached",
     "trained" or "failed", start and end from ``time.time()`` (None for a run that did not start).
-    Raises ``SweepError`` (the rows in ``.rows``) naming the failed runs once the others have finished.
+    Raises ``ConfigError`` before anything starts for an unknown grid or a CUDA device id this machine
+    does not have, and ``SweepError`` (the rows in ``.rows``) naming the failed runs once the others
+    have finished.
     """
     slots = _slots(devices, per_device)
+    _check_devices(devices)
     jobs = [Job(cfg) for cfg in _with_teachers(_configs(grid, profile))]
     for job in jobs:
         if _is_cached(job.cfg):
@@ -109,15 +112,42 @@ def _slots(devices: list[str], per_device: int) -> list[str]:
     return [d for _ in range(per_device) for d in devices]
 
 
+def _check_devices(devices: list[str]):
+    """Every CUDA device id of ``devices`` exists here (``torch.cuda.device_count()``), else one-line ``ConfigError``."""
+    import torch
+
+    wanted = sorted({int(d) for d in devices if d != "cpu"})
+    if not wanted:
+        return
+    count = torch.cuda.device_count()
+    missing = [d for d in wanted if d >= count]
+    if not missing:
+        return
+    ids = ",".join(str(d) for d in missing)
+    if count == 0:
+        raise ConfigError(f"devices (--gpus) {ids}: this machine has no CUDA device (torch.cuda.device_count() = 0); "
+                          f"use --gpus cpu,cpu on a machine without CUDA")
+    have = "1 CUDA device (id 0)" if count == 1 else f"{count} CUDA devices (ids 0-{count - 1})"
+    raise ConfigError(f"devices (--gpus) {ids}: no such CUDA device, this machine has {have}; "
+                      f"use --gpus {','.join(map(str, range(count)))}, or --gpus cpu,cpu for CPU workers")
+
+
 def _configs(grid: str | list[RunConfig], profile: str | None) -> list[RunConfig]:
     if not isinstance(grid, str):
         return list(grid)
-    from .experiments import grid as grid_configs
+    from .experiments import GRIDS, grid as grid_configs
     from .profiles import resolve_profile
 
     resolved, reason = resolve_profile(profile)
+    try:
+        configs = grid_configs(grid, resolved)
+    except ValueError:
+        if grid.removesuffix(".ipynb").rsplit("/", 1)[-1] in GRIDS:  # a known grid failed for another reason
+            raise
+        raise ConfigError(f"sweep grid '{grid}' is unknown: choose one of {', '.join(sorted(GRIDS))} "
+                          f"(a notebook name, with or without .ipynb)") from None
     print(f"[sweep] {grid}, profile: {resolved.name} ({reason})")
-    return grid_configs(grid, resolved)
+    return configs
 
 
 def _with_teachers(configs: list[RunConfig]) -> list[RunConfig]:

@@ -4,6 +4,10 @@
 is not cached), then trains each seed with ``desupcon.engine.fit`` (or loads it from the artefact
 store) and records the summary, mean and std over seeds, in the comprehensive results. It draws
 nothing: figures are an analysis step over saved runs (``desupcon.analysis``).
+
+Lineage: a run records the content hash of the teacher run it was built from, so a cached run whose
+teacher changed is stale (``StaleRunError`` names it), and retraining a run with ``force_retrain``
+retrains every cached run built on it, down the chain (teacher -> projection head -> students).
 """
 
 from __future__ import annotations
@@ -16,14 +20,14 @@ from . import distributed as dist
 from .data import Data
 from .engine import default_device, fit
 from .models import ModelWrapper, build_model
-from .store import cached_checkpoint, checkpoint_path, log_path, record
+from .store import cached_checkpoint, checkpoint_path, content_hash, dependents, log_path, record
 
 
 def train(cfg, force_retrain: bool = False, data: Data | None = None, device=None) -> dict:
     """Train (or load from cache) every seed of ``cfg`` (a ``RunConfig`` or ``MocoConfig``) and return its summary.
 
     The teacher a run builds on is trained first if it is not cached. ``force_retrain`` retrains
-    this run's seeds (not its teacher). The summary: ``{"name", "role", "method", "group", "config",
+    this run's seeds (not its teacher), then every cached run built on them. The summary: ``{"name", "role", "method", "group", "config",
     "seeds", "runs": [per-seed results], "mean": {...}, "std": {...}, "checkpoints", "logs"}``.
     """
     cfg.validate()
@@ -31,16 +35,32 @@ def train(cfg, force_retrain: bool = False, data: Data | None = None, device=Non
     with dist.main_first():  # rank 0 downloads a missing dataset before the other ranks read it
         data = data or Data.load(cfg.dataset, device)
     cfg.validate(num_train=len(data.train), world_size=dist.world_size())
-    teacher_model = None
+    teacher_model, lineage = None, None
     if cfg.teacher is not None:
         train(cfg.teacher, data=data, device=device)
         teacher_model = load_model(cfg.teacher, device=device)
-    runs = [fit(cfg.for_seed(seed), cfg.run_name(seed), data, device, force_retrain, teacher_model)
+        lineage = {"teacher": {"run": cfg.teacher.run_name(cfg.teacher.seed),
+                               "content_hash": content_hash(teacher_model.state_dict())}}
+    runs = [fit(cfg.for_seed(seed), cfg.run_name(seed), data, device, force_retrain, teacher_model, lineage)
             for seed in cfg.seeds]
     summary = summarize(cfg, runs)
     if dist.is_main():
         record(summary)
+    if force_retrain:
+        _retrain_dependents(cfg, data, device)
     return summary
+
+
+def _retrain_dependents(cfg, data: Data, device) -> None:
+    """Retrain every cached run built on a seed of ``cfg`` (its lineage names it): they used the old weights."""
+    from .config import RunConfig
+
+    for seed in cfg.seeds:
+        for log in dependents(cfg.run_name(seed)):
+            dependent = RunConfig.from_dict(log["config"])
+            if dist.is_main():
+                print(f"[cascade] {log['run_name']}: built on {cfg.run_name(seed)}, which was retrained; retraining it")
+            train(dependent, force_retrain=True, data=data, device=device)
 
 
 def load_model(cfg, seed: int | None = None, device="cpu") -> ModelWrapper:

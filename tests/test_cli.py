@@ -16,12 +16,12 @@ SMOKE_YAML = CONFIGS / "moco_v3_smoke.yaml"
 @pytest.mark.parametrize("argv,message", [
     (["train", "teacher", "--profile", "huge"], "unknown profile 'huge'"),
     (["train", "teacher", "--profile", "smoke", "--set", "arch=resnet34"], "'arch' = 'resnet34': must be one of"),
-    (["train", "undistilled", "--profile", "smoke", "--set", "lr=-0.001"], "'lr' = -0.001: must be > 0"),
+    (["train", "undistilled", "--profile", "smoke", "--set", "lr=-0.001"], "'lr' = -0.001: must be in (0, 10]"),
     (["train", "simclr", "--profile", "smoke"],
      "unknown run 'simclr': choose one of ['teacher', 'projection', 'undistilled', 'supcon', 'crd', 'kd', "
      "'lw_supcrd', 'hybrid']"),
     (["train", "lw_supcrd", "--profile", "smoke", "--set", "teacher.teacher.lr=-1"],
-     "config field 'teacher.teacher.lr' = -1.0: must be > 0"),
+     "config field 'teacher.teacher.lr' = -1.0: must be in (0, 10]"),
     (["train", "undistilled", "--profile", "smoke", "--set", "nope=1"], "override 'nope=1': unknown key 'nope'"),
     (["train", "undistilled", "--profile", "smoke", "--set", "margin=0.3"], "override 'margin=0.3': unknown key"),
     (["train", str(CONFIGS / "nope.yaml")], f"config file {CONFIGS / 'nope.yaml'} not found; configs in"),
