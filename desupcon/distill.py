@@ -149,7 +149,11 @@ class DistillationTask:
         """Nothing to print before a distillation run."""
 
     def train(self):
+        """Train mode for what learns; a frozen teacher backbone stays in eval mode, so its BatchNorm
+        statistics never move while its projection head trains."""
         self.model.train()
+        if self.cfg.role == "projection":
+            self.model.backbone.eval()
 
     def begin_step(self, global_step: int, total_steps: int):
         """Nothing to update before a distillation step."""

@@ -78,11 +78,14 @@ def _save(fig, path):
 
 
 def plot_tsne(embeddings, labels, path, num_classes=20, max_points=2000, seed=0, title=None):
-    """2D t-SNE of the first ``num_classes`` class ids present (sorted), at most ``max_points`` points."""
+    """2D t-SNE of ``num_classes`` classes drawn with ``seed`` (all of them if there are no more), at most
+    ``max_points`` points."""
     x, labels = _embeddings_and_labels(embeddings, labels)
-    classes = np.unique(labels)[:num_classes]
+    rng = np.random.default_rng(seed)
+    present = np.unique(labels)
+    classes = present if len(present) <= num_classes else np.sort(rng.choice(present, num_classes, replace=False))
     keep = np.flatnonzero(np.isin(labels, classes))  # (M,)
-    keep = keep[_subsample(len(keep), max_points, np.random.default_rng(seed))]
+    keep = keep[_subsample(len(keep), max_points, rng)]
     if len(keep) < 5:
         raise ValueError(f"t-SNE needs at least 5 points from the selected classes, got {len(keep)}")
     tsne = TSNE(n_components=2, init="pca", perplexity=min(30.0, len(keep) / 4), random_state=seed)

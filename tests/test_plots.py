@@ -161,3 +161,16 @@ def test_hypersphere_html_is_offline_small_and_shares_plotly_js(tmp_path):
 def test_bad_input_raises_value_error(tmp_path, call, argument):
     with pytest.raises(ValueError, match=argument):
         call(tmp_path)
+
+
+def test_tsne_draws_classes_sampled_with_its_seed_not_the_first_ids(tmp_path, monkeypatch):
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(30), 8)  # 30 classes, more than the 20 drawn
+    x = rng.normal(size=(len(labels), 6)) + labels[:, None]
+    real_save, saved = plots._save, []
+    monkeypatch.setattr(plots, "_save", lambda fig, path: saved.append(fig) or real_save(fig, path))
+    for i, seed in enumerate((0, 0, 1)):
+        plot_tsne(x, labels, tmp_path / f"t{i}.png", seed=seed)
+    drawn = [[c.get_label() for c in fig.axes[0].collections] for fig in saved]
+    assert len(drawn[0]) == 20 and drawn[0] == drawn[1]  # 20 classes, the same ones for the same seed
+    assert drawn[0] != [str(c) for c in range(20)] and drawn[2] != drawn[0]  # not the first ids; seed-dependent

@@ -139,3 +139,16 @@ def test_several_seeds_report_mean_and_std(trained_home):
     assert summary["mean"]["test_acc"] == pytest.approx(sum(accs) / 2)
     assert summary["std"]["test_acc"] == pytest.approx(abs(accs[0] - accs[1]) / 2 ** 0.5)
     assert checkpoint_path(f"{cfg.name}_seed1").exists() and checkpoint_path(f"{cfg.name}_seed2").exists()
+
+
+def test_the_frozen_teacher_stays_frozen_while_its_projection_head_trains(trained_home):
+    """Every backbone and classifier tensor of the projection run (BatchNorm statistics included)
+    equals the teacher's, so the head the students distil from sits on the teacher as it was trained."""
+    teacher = load_checkpoint(checkpoint_path(SMOKE.teacher_config().name))
+    projection = load_checkpoint(checkpoint_path(SMOKE.projection_config().name))
+    frozen = [k for k in teacher["model"] if k.startswith(("backbone.", "classifier."))]
+    assert any(k.endswith("running_mean") for k in frozen) and any(k.endswith("running_var") for k in frozen)
+    for key in frozen:
+        assert torch.equal(projection["model"][key], teacher["model"][key]), key
+    assert not torch.equal(projection["model"]["head.weight"], teacher["model"]["head.weight"])  # the head learned
+    assert projection["results"]["head_top1"] == teacher["results"]["test_acc"]  # the same classifier, same score
