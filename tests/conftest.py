@@ -16,6 +16,16 @@ def home(tmp_path, monkeypatch):
     return root
 
 
+@pytest.fixture
+def one_thread():
+    """One torch thread for the test: bit-identical CPU results need the same thread count, networks this
+    small run fastest on one, and it leaves a core to each process of a two-rank test."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def smoke_home(tmp_path_factory):
     """An output root where the smoke teacher and its projection head are trained once per session."""

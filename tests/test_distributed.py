@@ -51,6 +51,7 @@ CASES = {  # name: (method, config changes)
     "undistilled": ("undistilled", {}),
     "kd": ("kd", {}),
 }
+pytestmark = pytest.mark.usefixtures("one_thread")  # small networks; a core for each rank
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
     torch.cuda.device_count() < WORLD, reason=f"SyncBatchNorm under NCCL needs {WORLD} GPUs"))]
 
@@ -154,15 +155,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Networks this small run fastest on one thread, which also leaves a core to each rank."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module", params=DEVICES)

@@ -31,7 +31,7 @@ from desupcon.store import (ArtefactWriteError, CheckpointError, StaleRunError, 
 from desupcon.train import load_model, train
 
 SMOKE = PROFILES["smoke"]
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("one_thread")]
 
 
 @pytest.fixture(scope="module")
@@ -40,14 +40,6 @@ def tiny():
     tr, te = load_splits("digits")
     return Data(ImageDataset(tr.name, tr.images[:256].clone(), tr.labels[:256].clone(), tr.num_classes,
                              tr.mean, tr.std), te)
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def student(**changes):

@@ -8,23 +8,23 @@ from desupcon.data import data_root
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_the_default_is_the_repository_data_folder_from_any_working_directory(monkeypatch, tmp_path):
-    monkeypatch.delenv("DESUPCON_HOME")
-    monkeypatch.delenv("DESUPCON_DATA", raising=False)
+def _from_every_working_directory(monkeypatch, tmp_path) -> set:
     seen = set()
     for cwd in (REPO, REPO / "notebooks", tmp_path):
         monkeypatch.chdir(cwd)
         seen.add(data_root())
-    assert seen == {REPO / "data"}
+    return seen
+
+
+def test_the_default_is_the_repository_data_folder_from_any_working_directory(monkeypatch, tmp_path):
+    monkeypatch.delenv("DESUPCON_HOME")
+    monkeypatch.delenv("DESUPCON_DATA", raising=False)
+    assert _from_every_working_directory(monkeypatch, tmp_path) == {REPO / "data"}
 
 
 def test_it_follows_the_output_home_from_any_working_directory(monkeypatch, tmp_path, home):
     monkeypatch.delenv("DESUPCON_DATA", raising=False)
-    seen = set()
-    for cwd in (REPO, REPO / "notebooks", tmp_path):
-        monkeypatch.chdir(cwd)
-        seen.add(data_root())
-    assert seen == {home / "data"}
+    assert _from_every_working_directory(monkeypatch, tmp_path) == {home / "data"}
 
 
 def test_desupcon_data_overrides_it(monkeypatch, tmp_path, home):

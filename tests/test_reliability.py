@@ -75,15 +75,6 @@ def tiny():
     return small_data(256)
 
 
-@pytest.fixture
-def one_thread():
-    """One thread: bit-identical CPU results need the same thread count, and the CPUs are shared."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def tiny_student(**changes):
     return SMOKE.student_config("undistilled", **{"epochs": 2, "probe_epochs": 3, **changes})
 
