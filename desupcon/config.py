@@ -525,9 +525,3 @@ def validate(cfg: Config, num_train: Optional[int] = None, world_size: int = 1) 
     ``world_size`` checks that the global batch divides over the processes.
     """
     return cfg.validate(num_train=num_train, world_size=world_size)
-
-
-def parse_overrides(pairs: list[str]) -> dict:
-    """``["alpha=2", "adaptive_beta=false", "seeds=1,2"]`` -> typed field values for ``RunConfig.replace``."""
-    changed = RunConfig()._apply(pairs)
-    return {key: getattr(changed, key) for key in (pair.partition("=")[0].split(".")[0] for pair in pairs)}

@@ -4,7 +4,7 @@ import re
 
 import pytest
 
-from desupcon.config import ConfigError, EvalConfig, RunConfig, config_diff, parse_overrides, validate
+from desupcon.config import ConfigError, EvalConfig, RunConfig, config_diff, validate
 from desupcon.profiles import PROFILES, resolve_profile
 
 SMOKE = PROFILES["smoke"]
@@ -150,16 +150,16 @@ def test_round_trip_and_diff_name_nested_fields():
 
 
 def test_overrides_are_typed():
-    assert parse_overrides(["alpha=2", "adaptive_beta=false", "seeds=1,2", "arch=resnet50"]) == \
-        dict(alpha=2.0, adaptive_beta=False, seeds=(1, 2), arch="resnet50")
+    changed = STUDENT.override(["alpha=2", "adaptive_beta=false", "seeds=1,2", "arch=resnet50"])
+    assert (changed.alpha, changed.adaptive_beta, changed.seeds, changed.arch) == (2.0, False, (1, 2), "resnet50")
     with pytest.raises(ConfigError, match="override 'lr=x': 'lr' must be a finite number, got 'x'"):
-        parse_overrides(["lr=x"])
+        STUDENT.override(["lr=x"])
     with pytest.raises(ConfigError, match="override 'teacher=foo': 'teacher' is a section; set one of its keys"):
-        parse_overrides(["teacher=foo"])
+        STUDENT.override(["teacher=foo"])
     with pytest.raises(ConfigError, match="override 'lr': expected KEY=VALUE with KEY one of \\['role'"):
-        parse_overrides(["lr"])
+        STUDENT.override(["lr"])
     with pytest.raises(ConfigError, match="override 'nope=1': unknown key 'nope'; valid keys: "):
-        parse_overrides(["nope=1"])
+        STUDENT.override(["nope=1"])
 
 
 def test_override_reaches_nested_teachers_and_validates():
