@@ -5,7 +5,8 @@ Both pipelines train the same LW-SupCRD student (ResNet-18, MLP head) from the s
 memory bank, loss, Adam step and seed, on synthetic uint8 images of the real shape:
 
   desupcon    ``desupcon.engine.Trainer``: the dataset is a uint8 tensor on the device, both views
-              are made there in one batched call, bf16 autocast + channels_last on CUDA, the
+              are made there in one batched call, bf16 autocast + channels_last where the
+              hardware runs bf16 natively (``Trainer(fast="auto")``: CUDA, AMX/AVX-512 BF16 CPUs), the
               teacher runs without autograd.
   write-up-style  what the write-ups ran: torchvision PIL transforms per image (two views) in a DataLoader
               with one worker per core (pinned memory on CUDA, persistent workers), fp32, eager.
@@ -91,7 +92,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--bank-k", type=int, help=f"memory-bank keys per step, at most --num-images minus the batch "
                                               f"{per_device('bank_k')}")
     p.add_argument("--fast", choices=("auto", "on", "off"), default="auto",
-                   help="desupcon's bf16 autocast + channels_last (default: auto = the Trainer's: on CUDA only)")
+                   help="desupcon's bf16 autocast + channels_last (default: auto = the Trainer's: where the hardware "
+                        "runs bf16 natively, CUDA or a CPU with AMX or AVX-512 BF16)")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile desupcon's student (the Trainer compiles on CUDA only)")
     p.add_argument("--moco", action="store_true",
@@ -200,7 +202,7 @@ def synthetic_images(args, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     return images, torch.randint(0, NUM_CLASSES, (args.num_images,), generator=gen)
 
 
-def desupcon_step(cfg, images, labels, teacher: ModelWrapper, device: torch.device, fast: bool | None):
+def desupcon_step(cfg, images, labels, teacher: ModelWrapper, device: torch.device, fast: bool | str):
     """``Trainer.step`` on consecutive batches of a fixed permutation of the images, which live on ``device``."""
     dataset = ImageDataset("synthetic", images.to(device), labels.to(device), NUM_CLASSES, *CIFAR_MEAN_STD["cifar100"])
     trainer = Trainer(cfg, Data(train=dataset, test=dataset), device, teacher, fast=fast)  # step reads train only
@@ -319,7 +321,7 @@ def measure(args) -> dict:
     torch.manual_seed(cfg.seeds[0])
     teacher = ModelWrapper(NUM_CLASSES, RECIPE.teacher_arch, args.teacher_width, cfg.proj_dim,
                            projection="linear").to(device)
-    fast = {"auto": None, "on": True, "off": False}[args.fast]
+    fast = {"auto": "auto", "on": True, "off": False}[args.fast]
     results = {"environment": environment(device),
                "flags": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}}
     if args.flops_only:
@@ -390,7 +392,7 @@ def summarize(results: dict, batch_size: int) -> None:
         return
     ours, writeup = results["desupcon"], results["writeup_style"]
     steps_per_epoch = CIFAR100_TRAIN_IMAGES // batch_size
-    for r in (ours, seed):
+    for r in (ours, writeup):
         r["images_per_second"] = batch_size / r["seconds_per_step"]
         r["tflops"] = results["flops"]["per_step"] / r["seconds_per_step"] / 1e12
     results["ratio"] = ours["images_per_second"] / writeup["images_per_second"]
@@ -398,7 +400,7 @@ def summarize(results: dict, batch_size: int) -> None:
     ours["share_of_peak"] = ours["tflops"] / peak if peak else None
     if "study" not in results:
         return
-    for r in (ours, seed):
+    for r in (ours, writeup):
         r["epoch_seconds"] = r["seconds_per_step"] * steps_per_epoch
         r["config_minutes"] = r["epoch_seconds"] * RECIPE.student_epochs / 60
         r["students_minutes"] = r["config_minutes"] * STUDY_STUDENT_RUNS

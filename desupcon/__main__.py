@@ -1,4 +1,4 @@
-"""Command line: ``python -m desupcon {train,study,reproduce,sweep,pretrain,evaluate-checkpoints} ...``.
+"""Command line: ``python -m desupcon {train,study,reproduce,sweep,pretrain,memory,prepare-data,evaluate-checkpoints} ...``.
 
 Bad input exits with one line naming the field or the fix (no traceback).
 """
@@ -8,11 +8,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 from pathlib import Path
 
-NOTEBOOKS = ("01_teacher", "02_baselines", "03_lw_supcrd_sweeps", "04_memory_bank_ablation",
-             "05_moco_v3_pretraining", "06_analysis")
 
 
 def _config(profile, what: str, overrides: list[str]):
@@ -34,9 +31,19 @@ def cmd_train(args) -> None:
     profile, reason = resolve_profile(args.profile)
     if distributed.is_main() and not args.run.endswith((".yaml", ".yml")):
         print(f"profile: {profile.name} ({reason})")
-    summary = train(_config(profile, args.run, args.set), force_retrain=args.force_retrain)
+    summary = train(_config(profile, args.run, args.set), force_retrain=args.force_retrain, fast=FAST[args.fast])
     if distributed.is_main():
         _print_summary([summary])
+
+
+FAST = {"auto": "auto", "on": True, "off": False}  # --fast -> Trainer(fast=...)
+
+
+def _fast_flag(p):
+    p.add_argument("--fast", choices=FAST, default="auto",
+                   help="mixed precision: auto (default) = bf16 autocast + channels_last where the hardware runs "
+                        "bf16 natively (CUDA; CPUs with AMX or AVX-512 BF16) and the recipe's amp allows it, "
+                        "fp32 elsewhere; on; off")
 
 
 def cmd_study(args) -> None:
@@ -61,37 +68,32 @@ def _print_summary(summaries) -> None:
 
 def cmd_reproduce(args) -> None:
     """Execute every notebook in order under the active profile; executed copies go to ``--out``."""
-    import nbformat
-    from nbclient import NotebookClient
-
     from .profiles import resolve_profile
+    from .reproduce import reproduce
     from .store import load_results, output_root
 
     profile, reason = resolve_profile(args.profile)
     os.environ["DESUPCON_PROFILE"] = profile.name
     print(f"profile: {profile.name} ({reason})")
-    notebooks_dir = Path(__file__).resolve().parents[1] / "notebooks"
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    selected = [n for n in NOTEBOOKS if not args.only or any(n.startswith(o) for o in args.only)]
-    for name in selected:
-        start = time.time()
-        nb = nbformat.read(notebooks_dir / f"{name}.ipynb", as_version=4)
-        print(f"[reproduce] {name}.ipynb ...", flush=True)
-        NotebookClient(nb, timeout=None, kernel_name="python3",
-                       resources={"metadata": {"path": str(notebooks_dir)}}).execute()
-        nbformat.write(nb, out / f"{name}.ipynb")
-        print(f"[reproduce] {name}.ipynb done in {time.time() - start:.0f} s -> {out / (name + '.ipynb')}")
-    recorded = {**load_results(profile.teacher_config().results_group),
-                **load_results(profile.student_config("undistilled").results_group)}
-    for name, summary in recorded.items():
-        checkpoints, logs = ", ".join(summary["checkpoints"]), ", ".join(summary["logs"])
-        print(f"{name}: test acc {summary['mean']['test_acc']:.2f}% | checkpoint {checkpoints} | log {logs}")
-    root = output_root()
-    print(f"checkpoints: {root / 'pth_models'}\nlogs:        {root / 'json_results'}\nplots:       {root / 'plots'}")
+    try:
+        reproduce(args.only, args.out)
+    finally:
+        recorded = {**load_results(profile.teacher_config().results_group),
+                    **load_results(profile.student_config("undistilled").results_group)}
+        for name, summary in recorded.items():
+            checkpoints, logs = ", ".join(summary["checkpoints"]), ", ".join(summary["logs"])
+            print(f"{name}: test acc {summary['mean']['test_acc']:.2f}% | checkpoint {checkpoints} | log {logs}")
+        root = output_root()
+        print(f"checkpoints: {root / 'pth_models'}\nlogs:        {root / 'json_results'}\n"
+              f"plots:       {root / 'plots'}\nexecuted notebooks: {Path(args.out).resolve()}")
 
 
 def cmd_sweep(args) -> None:
+    if args.launcher == "slurm":
+        from .slurm import submit_sweep
+
+        submit_sweep(args.grid, profile=args.profile, partition=args.partition, timeout_min=args.timeout_min)
+        return
     from .sweep import run_sweep
 
     run_sweep(args.grid, [d for d in args.gpus.split(",") if d], per_device=args.per_device, profile=args.profile)
@@ -103,10 +105,36 @@ def cmd_pretrain(args) -> None:
     cmd_train(args)
 
 
+def cmd_memory(args) -> None:
+    """Peak GPU memory of one training process of a run, measured on fake tensors, and the batch each card fits."""
+    from .memory import report
+    from .profiles import resolve_profile
+
+    profile, _ = resolve_profile(args.profile)
+    print("\n".join(report(_config(profile, args.config, args.set), world_size=args.world_size)))
+
+
+def cmd_prepare_data(args) -> None:
+    """Decode a source once into the prepared cache (``desupcon.prepared``); print each entry and its size."""
+    from .data import prepare_data
+    from .prepared import human_bytes
+
+    entries = prepare_data(args.source, args.size, args.split, args.image_column, args.label_column, args.workers)
+    for split, entry in entries:
+        side = entry.manifest["size"]
+        print(f"{split}: {entry.count:,} images at {side}x{side}, {human_bytes(entry.nbytes)}: {entry.folder}")
+    print(f"total {human_bytes(sum(e.nbytes for _, e in entries))} in {entries[0][1].folder.parent}")
+
+
 def cmd_evaluate_checkpoints(args) -> None:
     from .moco import evaluate_checkpoints
 
     evaluate_checkpoints(args.config, args.epochs, overrides=args.set)
+
+
+def _tensorboard_flag(p):
+    p.add_argument("--tensorboard", action="store_true",
+                   help="write live per-epoch curves to <output home>/tensorboard/<run> (desupcon.live)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -122,6 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                    help="config overrides, e.g. alpha=2 teacher.epochs=3 (train.epochs=5 for a YAML config)")
     p.add_argument("--force-retrain", action="store_true", help="retrain even if a cached run exists")
+    _tensorboard_flag(p)
+    _fast_flag(p)
     p.set_defaults(fn=cmd_train)
     p = sub.add_parser("study", help="teacher + projection head + undistilled student")
     p.add_argument("--profile")
@@ -136,12 +166,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gpus", default="0", help="comma-separated CUDA device ids (or cpu,cpu for CPU workers)")
     p.add_argument("--per-device", type=int, default=1, help="processes per device")
     p.add_argument("--profile")
+    p.add_argument("--launcher", choices=("local", "slurm"), default="local",
+                   help="local: worker processes on this machine; slurm: job arrays through submitit")
+    p.add_argument("--partition", help="Slurm partition (--launcher slurm)")
+    p.add_argument("--timeout-min", type=int, default=24 * 60, help="time limit per Slurm task in minutes")
+    _tensorboard_flag(p)
     p.set_defaults(fn=cmd_sweep)
     p = sub.add_parser("pretrain", help="MoCo-v3 pretraining from a YAML config")
     p.add_argument("config", help="YAML file, e.g. configs/moco_v3_smoke.yaml")
     p.add_argument("--set", nargs="*", default=[], metavar="SECTION.KEY=VALUE", help="overrides, e.g. train.epochs=5")
     p.add_argument("--force-retrain", action="store_true", help="retrain even if a cached run exists")
+    _tensorboard_flag(p)
+    _fast_flag(p)
     p.set_defaults(fn=cmd_pretrain)
+    p = sub.add_parser("memory", help="peak GPU memory of one training step (fake-tensor trace, no GPU needed) "
+                                      "and the largest batch for 8-80 GB cards")
+    p.add_argument("config", help=f"a MoCo-v3 YAML config, or a run: one of {', '.join(runnable())}")
+    p.add_argument("--profile", help="the profile of a run (default: $DESUPCON_PROFILE, then auto)")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="config overrides, e.g. train.batch_size=64 (YAML) or bank_k=4096 (a run)")
+    p.add_argument("--world-size", type=int, default=1,
+                   help="processes the global batch is split over (default: 1)")
+    p.set_defaults(fn=cmd_memory)
+    p = sub.add_parser("prepare-data", help="decode a folder of images or a Hugging Face dataset once into the "
+                                            "memory-mappable cache a run reads (README: Your own data)")
+    p.add_argument("source", help="a built-in name (e.g. stl10), a folder of images or a Hugging Face dataset on disk "
+                                  "(absolute, or relative to $DESUPCON_DATA)")
+    p.add_argument("--size", type=int, help="side to store your images at: the run's data.image_size (built-ins keep theirs)")
+    p.add_argument("--split", nargs="*", default=[], help="splits to prepare, '+' joins them, e.g. train+unlabeled test "
+                                                          "(default: every split of the source)")
+    p.add_argument("--image-column", default="image", help="image column of a Hugging Face dataset (default: image)")
+    p.add_argument("--label-column", default="label",
+                   help="label column of a Hugging Face dataset, '' for unlabelled images (default: label)")
+    p.add_argument("--workers", type=int, help="decoding processes (default: the CPU cores, at most 16)")
+    p.set_defaults(fn=cmd_prepare_data)
     p = sub.add_parser("evaluate-checkpoints", help="k-NN and linear probe of saved MoCo-v3 checkpoints")
     p.add_argument("config", help="the YAML config the checkpoints were trained with")
     p.add_argument("--epochs", nargs="+", type=int, required=True, help="checkpoint epochs, e.g. 1 10 50 100")
@@ -155,12 +213,23 @@ def main(argv=None) -> int:
     from .checks import DivergenceError
     from .config import ConfigError
     from .data import DatasetUnavailableError
+    from .reproduce import StudyIncomplete
     from .store import ArtefactWriteError, CheckpointError, StaleRunError
 
+    if getattr(args, "tensorboard", False):
+        from .live import ENV
+
+        os.environ[ENV] = "1"  # read by every run of this process and of its sweep workers
     try:
         args.fn(args)
+    except KeyboardInterrupt:
+        from .store import output_root
+
+        print(f"\ninterrupted: nothing finished is lost; rerun the same command to resume each unfinished run from "
+              f"its last epoch checkpoint in {output_root() / 'pth_models'}", file=sys.stderr)
+        return 130
     except (ConfigError, DatasetUnavailableError, CheckpointError, StaleRunError, DivergenceError, ArtefactWriteError,
-            FileNotFoundError) as err:
+            FileNotFoundError, StudyIncomplete) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0

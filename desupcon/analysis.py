@@ -14,7 +14,7 @@ from .augment import PRESETS, augment
 from .config import RunConfig
 from .data import Data
 from .engine import default_device
-from .evaluate import embed
+from .evaluate import embed, head_is_trained
 from .store import log_path, plots_dir, read_json
 
 FIGURES = ("tsne", "hypersphere", "alignment", "curves")
@@ -26,7 +26,8 @@ def figure_paths(run_name: str) -> dict:
             "alignment": out / f"{run_name}_alignment.png", "curves": out / f"{run_name}_curves.png"}
 
 
-def _config(summary_or_config):
+def config_of(summary_or_config):
+    """The config of a summary of `train` (or of a config dict, or a config itself)."""
     if not isinstance(summary_or_config, dict):
         return summary_or_config
     config = summary_or_config.get("config", summary_or_config)
@@ -47,29 +48,40 @@ def _encoder(cfg, device):
     return load_model(cfg, device=device)
 
 
+def _title(cfg) -> str:
+    """A figure's title and caption in one: the method's short label, the data, profile and seed."""
+    from .registry import method_of
+
+    if cfg.role == "pretrain":
+        return f"{method_of(cfg).short_label(cfg)} · {cfg.data.dataset} test split ({cfg.train.out_dir}, seed {cfg.seed})"
+    return f"{method_of(cfg).short_label(cfg)} · {cfg.dataset} test split ({cfg.profile} profile, seed {cfg.seed})"
+
+
 def draw_run(summary_or_config, kinds=FIGURES, force: bool = False, device=None) -> dict:
     """Draw the figures ``kinds`` of a finished run (a summary of ``train``, or its config); return their paths."""
-    cfg = _config(summary_or_config)
+    cfg = config_of(summary_or_config)
     name = cfg.run_name(cfg.seeds[0])
     paths = {kind: path for kind, path in figure_paths(name).items() if kind in kinds}
     missing = [kind for kind, path in paths.items() if force or not path.exists()]
+    title = _title(cfg)
     if "curves" in missing:
         history = read_json(log_path(name))["epochs"]
         metrics = [m for m in ("loss", "train_acc", "momentum") if m in history[0]]
-        plots.plot_training_curves({name: history}, paths["curves"], metrics=metrics)
+        plots.plot_training_curves({title: history}, paths["curves"], metrics=metrics)
     if not set(missing) - {"curves"}:
         return paths
     device = torch.device(device) if device else default_device()
     encoder, test = _encoder(cfg, device), Data.load(cfg.dataset, device).test
     size = cfg.image_size
+    space = 1 if head_is_trained(cfg) else 0  # the embedding the evaluation measured (head or backbone features)
     features, z, *_ = embed(encoder, test.images, test.mean, test.std, size=size)
     if "tsne" in missing:
-        plots.plot_tsne(features, test.labels, paths["tsne"], title=name)
+        plots.plot_tsne(features, test.labels, paths["tsne"], title=title)
     if "hypersphere" in missing:
-        plots.plot_hypersphere(z, test.labels, paths["hypersphere"], title=name)
+        plots.plot_hypersphere((features, z)[space], test.labels, paths["hypersphere"], title=title)
     if "alignment" in missing:  # the two views the evaluation measured alignment and uniformity on
         gen = torch.Generator(device=device).manual_seed(cfg.seeds[0])
         view = lambda c: lambda batch: augment(batch, c, test.mean, test.std, gen, size)
-        z1, z2 = (embed(encoder, test.images, test.mean, test.std, transform=view(c))[1] for c in PRESETS["supcon"])
-        plots.plot_alignment(z1, z2, test.labels, paths["alignment"], title=name)
+        z1, z2 = (embed(encoder, test.images, test.mean, test.std, transform=view(c))[space] for c in PRESETS["supcon"])
+        plots.plot_alignment(z1, z2, test.labels, paths["alignment"], title=title)
     return paths

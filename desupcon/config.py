@@ -50,7 +50,9 @@ def _choices_of_registry(name: str) -> Callable[[], list]:
         if name == "arch":
             from .models import ARCHS as registry
         elif name == "dataset":
-            from .data import DATASETS as registry
+            from .data import dataset_names
+
+            return dataset_names()  # the built-ins and your own folders in $DESUPCON_DATA
         elif name == "augment":
             from .augment import PRESETS as registry
         else:
@@ -301,12 +303,13 @@ class EvalConfig(Config):
     """Section ``eval``: the frozen-feature evaluation every run ends with (and MoCo-v3's ``evaluate-checkpoints``).
 
     knn_k, knn_temperature: neighbours and temperature of the weighted cosine k-NN (200, 0.1).
-    probe_epochs: epochs of the linear probe on frozen features.
+    probe_iterations: the most L-BFGS iterations of the linear probe on frozen features (full batch, each about
+        one pass over the train features; it stops earlier once converged, see ``evaluate.linear_probe``).
     """
 
     knn_k: int = checked(200, ">= 1", lambda v: v >= 1)
     knn_temperature: float = checked(0.1, "in (0, 10]", lambda v: 0 < v <= 10)
-    probe_epochs: int = checked(50, ">= 1", lambda v: v >= 1)
+    probe_iterations: int = checked(100, ">= 1", lambda v: v >= 1)
 
 
 
@@ -325,26 +328,34 @@ class RunConfig(Config):
         method: a record of ``desupcon.registry.METHODS`` ("ce" for the teacher, "supcon" for its
             projection head, a student method for students).
         profile: the profile that produced this config ("smoke", "cifar100"); part of cache identity.
-        dataset: a source of ``desupcon.data.DATASETS``.
+        dataset: a dataset of ``desupcon.data.dataset_names()``: a built-in, or a folder of ``$DESUPCON_DATA``
+            holding your own images (read at 32x32, ``desupcon.data.OWN_DATA_SIZE``; README: Your own data).
         arch: a backbone of ``desupcon.models.ARCHS`` (CIFAR stem: 3x3 conv, no max-pool).
         width: channels of the first ResNet stage (64 = standard; smaller for smoke).
         proj_dim: dimension of the L2-normalised projection (64).
         epochs, batch_size: training length and global images per forward.
         accum_steps: forwards whose gradients are summed per optimiser step (1).
         optimizer, lr, weight_decay, sgd_momentum: optimiser ("adam" as in the write-ups).
-        schedule, warmup_epochs: "cosine" (annealing to 0 after a linear warmup) or "constant".
+        schedule, warmup_epochs: "constant" (the write-ups' sweeps: no schedule is stated) or "cosine"
+            (annealing to 0 after a linear warmup: the bank ablation, ``registry.BANK_ABLATION_RECIPE``).
         seeds: RNG seeds, one run each; results report mean and std over seeds.
         temperature: tau of the contrastive losses.
         alpha, beta, adaptive_beta: LW-SupCRD pull weight, push weight and adaptive beta.
+        adaptive_beta_source: the probability q_i in LW-SupCRD's ``beta / (q_i + 0.5)``: "teacher" (the
+            teacher's p_i[y_i], as SPEC writes the formula) or "student" (the student's own classifier
+            probability, which rises during training as the write-up's curriculum claims).
+        positives: LW-SupCRD's positives: "class" (every same-label teacher key) or "instance" (only the
+            same image's teacher key, as the write-up's "127 in-batch negatives" suggests).
         hybrid_lambda: weight of SupCon in ``hybrid`` (lambda*supcon + (1-lambda)*lw_supcrd).
         kd_temperature, kd_weight: Hinton KD temperature and weight (loss = (1-w) CE + w KD).
         bank_k: memory-bank keys sampled per step (0 = no bank); the bank has one slot per image.
         bank_momentum: momentum of the memory-bank update.
-        bank_positives: same-label bank entries count as positives (False = all negatives).
+        bank_positives: same-label bank entries count as LW-SupCRD positives, a labelled variant (False =
+            every bank entry is a push-weighted negative: the write-up's "4,096 negatives").
         augment: augmentation preset of the training views (``desupcon.augment.PRESETS``);
             "" = the method's default (``registry.Method.augment``).
         knn_k: neighbours of the weighted k-NN evaluation.
-        probe_epochs: epochs of the linear probe on frozen features.
+        probe_iterations: the most L-BFGS iterations of the linear probe (``EvalConfig``).
         compile: wrap the student in ``torch.compile`` (CUDA only; off by default).
         params: hyperparameters a method declares itself (``registry.Method.params``), as
             ``((name, value), ...)``; set them like fields (``--set margin=0.3``).
@@ -363,24 +374,26 @@ class RunConfig(Config):
     accum_steps: int = checked(1, ">= 1 (1 = no gradient accumulation)", lambda v: v >= 1)
     optimizer: str = checked("adam", f"one of {list(OPTIMIZERS)}", lambda v: v in OPTIMIZERS)
     lr: float = checked(1e-3, "in (0, 10] (the write-ups use 1e-3 with Adam)", lambda v: 0 < v <= 10)
-    weight_decay: float = checked(1e-4, "in [0, 1]", _fraction)
+    weight_decay: float = checked(0.0, "in [0, 1]", _fraction)
     sgd_momentum: float = checked(0.9, "in [0, 1)", _below_one)
-    schedule: str = checked("cosine", f"one of {list(SCHEDULES)}", lambda v: v in SCHEDULES)
+    schedule: str = checked("constant", f"one of {list(SCHEDULES)}", lambda v: v in SCHEDULES)
     warmup_epochs: int = checked(0, ">= 0", _non_negative)
     seeds: tuple[int, ...] = (DEFAULT_SEED,)
     temperature: float = checked(0.07, "in (0, 10] (the write-ups use 0.07)", lambda v: 0 < v <= 10)
     alpha: float = checked(1.0, "in (0, 100] (the loss is divided by alpha)", lambda v: 0 < v <= 100)
     beta: float = checked(10.0, "in [0, 100]", lambda v: 0 <= v <= 100)
     adaptive_beta: bool = True
+    adaptive_beta_source: str = checked("teacher", "one of ['teacher', 'student']", lambda v: v in ("teacher", "student"))
+    positives: str = checked("class", "one of ['class', 'instance']", lambda v: v in ("class", "instance"))
     hybrid_lambda: float = checked(0.5, "in [0, 1]", _fraction)
     kd_temperature: float = checked(4.0, "in (0, 100]", lambda v: 0 < v <= 100)
     kd_weight: float = checked(0.9, "in [0, 1]", _fraction)
     bank_k: int = checked(0, ">= 0 (0 = no memory bank)", _non_negative)
     bank_momentum: float = checked(0.5, "in [0, 1)", _below_one)
-    bank_positives: bool = True
+    bank_positives: bool = False
     augment: str = ""
     knn_k: int = checked(200, ">= 1", lambda v: v >= 1)
-    probe_epochs: int = checked(30, ">= 1", lambda v: v >= 1)
+    probe_iterations: int = checked(100, ">= 1", lambda v: v >= 1)
     compile: bool = False
     params: tuple = ()
     teacher: Optional["RunConfig"] = None
@@ -419,8 +432,7 @@ class RunConfig(Config):
     def unnamed_changes(self) -> dict:
         """The fields ``reference_name`` leaves out whose values differ from the method's defaults."""
         defaults = self.spec.defaults_for(self)
-        named = set(self.spec.hyperparameters) | {"role", "method", "arch", "dataset", "seeds", "teacher", "params",
-                                                  "bank_k", "bank_positives"}
+        named = self.spec.named_fields(self) | {"seeds", "teacher", "params"}
         value = lambda name: self.views_preset if name == "augment" else getattr(self, name)
         changes = {f.name: value(f.name) for f in dataclasses.fields(self)
                    if f.name not in named and value(f.name) != defaults[f.name]}
@@ -455,7 +467,7 @@ class RunConfig(Config):
 
     @property
     def evaluation(self) -> EvalConfig:
-        return EvalConfig(knn_k=self.knn_k, probe_epochs=self.probe_epochs)
+        return EvalConfig(knn_k=self.knn_k, probe_iterations=self.probe_iterations)
 
     image_size = None  # evaluated at the dataset's own resolution
 
@@ -502,6 +514,12 @@ class RunConfig(Config):
             users = [n for n, m in METHODS.items() if m.uses_bank]
             check(spec.uses_bank, "bank_k", self.bank_k,
                   f"a memory bank is used only by {', '.join(users)} students; set bank_k=0")
+        readers = [n for n, m in METHODS.items() if "positives" in m.hyperparameters]
+        check(not self.bank_positives or (self.bank_k and spec.name in readers), "bank_positives", True,
+              f"is a variant of the LW-SupCRD bank ({', '.join(readers)} with bank_k > 0); set bank_positives=False")
+        for name, default in (("positives", "class"), ("adaptive_beta_source", "teacher")):
+            check(getattr(self, name) == default or name in spec.hyperparameters, name, getattr(self, name),
+                  f"is read only by {', '.join(readers)} students; keep '{default}' for method '{self.method}'")
         if self.uses_teacher:
             check(self.teacher is not None, "teacher", None,
                   f"a {self.role} run with method '{self.method}' needs a teacher config")

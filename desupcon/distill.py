@@ -146,7 +146,12 @@ class DistillationTask:
             self.bank.load_state_dict(state["bank"])
 
     def announce(self):
-        """Nothing to print before a distillation run."""
+        """On a GPU, the measured peak memory of one process (``desupcon.memory``); a CPU run prints
+        nothing, as the smoke profile's many short runs would each pay for the trace (about a second)."""
+        if self.device.type == "cuda" and dist.is_main():
+            from .memory import announce_line
+
+            print(announce_line(self.cfg))
 
     def train(self):
         """Train mode for what learns; a frozen teacher backbone stays in eval mode, so its BatchNorm
@@ -165,7 +170,7 @@ class DistillationTask:
         return self.model
 
     def _views(self, idx):
-        images = self.data.train.images[idx]
+        images = self.data.train.gather(idx)
         cfg1, cfg2 = PRESETS[self.cfg.views_preset]
         mean, std = self.data.train.mean, self.data.train.std
         x1, x2 = (augment(images, c, mean, std, self.trainer.aug_gen) for c in (cfg1, cfg2))

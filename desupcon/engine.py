@@ -10,6 +10,8 @@ Data order: every epoch draws one permutation from ``order_gen`` (the same on ev
 step s takes ``accum_steps`` forwards of ``batch_size`` images each, and rank r trains on its slice
 ``[r * per_rank, (r + 1) * per_rank)`` of each forward's images. Each rank has its own augmentation
 stream ``aug_gen``; checkpoints hold every rank's stream, and each rank gets its own back on resume.
+The epoch's batches are drawn before its first step and handed to ``ImageDataset.prefetch``, so a
+streamed dataset reads each rank's own images ahead of their step.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from tqdm import tqdm
 from . import distributed as dist
 from .checks import GRAD_NORM_BOUND, LOSS_BOUND, WEIGHT_BOUND, DivergenceError
 from .data import Data
+from .live import EpochWriter
 from .store import CHECKPOINT_FORMAT, CheckpointError, atomic_link, atomic_save, atomic_write_json, \
     cached_checkpoint, checkpoint_path, log_path, read_json, snapshot_path
 
@@ -44,7 +47,8 @@ class Recipe:
     batch_size: global images per forward; accum_steps forwards make one optimiser step.
     lr: the peak learning rate (after any batch scaling); schedule: "cosine" or "constant",
         after ``warmup_epochs`` of linear warmup.
-    amp: mixed precision on CUDA by default (bf16, fp16 with a grad scaler where bf16 is missing).
+    amp: mixed precision allowed: under ``Trainer(fast="auto")`` bf16 wherever the device runs it
+        natively (``native_bf16``; fp16 with a grad scaler on CUDA GPUs without bf16), fp32 elsewhere.
     checkpoint_every: epochs between checkpoints (and the last epoch); ``snapshots`` keeps each one.
     """
 
@@ -81,6 +85,59 @@ def _optimizer(recipe: Recipe, params, device: torch.device) -> torch.optim.Opti
     return cls(params, lr=recipe.lr, weight_decay=recipe.weight_decay, **fast)
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` computes bf16 in hardware, so that bf16 autocast is faster than fp32 there.
+
+    CUDA: ``torch.cuda.is_bf16_supported()`` (Ampere and later). CPU: AMX tiles or AVX-512 BF16,
+    from PyTorch's CPUID probes ``torch.cpu._is_amx_tile_supported`` and ``_is_avx512_bf16_supported``
+    (on Linux the ``amx_tile`` and ``avx512_bf16`` flags of /proc/cpuinfo). Any other CPU or device:
+    False (bf16 would be emulated, slower than fp32).
+
+    Args:
+        device: the training device.
+    """
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        return torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported()
+    return False
+
+
+_FAST_ANNOUNCED: set[str] = set()  # the fast-path choices this process has printed
+
+
+def resolve_fast(fast: bool | str, device: torch.device, amp: bool) -> tuple[bool, str]:
+    """``Trainer``'s ``fast`` as a bool and a line saying what it chose and why.
+
+    Args:
+        fast: True (mixed precision), False (fp32) or "auto": mixed precision when the recipe's
+            ``amp`` allows it and the device is a CUDA GPU (fp16 with a grad scaler where it lacks
+            bf16) or has native bf16 (``native_bf16``), fp32 elsewhere.
+        device: the training device.
+        amp: the recipe's ``amp`` flag (read by "auto" only).
+    """
+    if fast not in (True, False, "auto"):
+        raise ValueError(f"fast must be True, False or 'auto', got {fast!r}")
+    if fast != "auto":
+        return fast, f"fast={'on' if fast else 'off'}: " + (_mixed_precision(device) if fast else "fp32")
+    if not amp:
+        return False, "fast=auto: fp32 (the recipe's amp is off)"
+    if device.type == "cuda" or native_bf16(device):
+        return True, f"fast=auto: {_mixed_precision(device)}"
+    return False, f"fast=auto: fp32 ({device.type.upper()} has no native bf16: neither AMX nor AVX-512 BF16)"
+
+
+def _mixed_precision(device: torch.device) -> str:
+    """What the fast path runs on ``device``, and the hardware it runs on."""
+    if device.type == "cuda":
+        return ("bf16 autocast + channels_last (CUDA GPU with bf16)" if native_bf16(device)
+                else "fp16 autocast + grad scaler + channels_last (this CUDA GPU has no bf16)")
+    if device.type == "cpu" and torch.cpu._is_amx_tile_supported():
+        return "bf16 autocast + channels_last (CPU has AMX)"
+    unit = "AVX-512 BF16" if native_bf16(device) else "no native bf16: emulated"
+    return f"bf16 autocast + channels_last ({device.type.upper()} has {unit})"
+
+
 def _autocast_dtype(device: torch.device, fast: bool) -> torch.dtype | None:
     """bf16 where mixed precision is on (fp16 on GPUs without bf16); None = full precision."""
     if not fast:
@@ -106,16 +163,20 @@ class Trainer:
         data: train/test splits on ``device``.
         device: training device.
         teacher: the trained teacher (with projection head) for distillation runs that use one.
-        fast: mixed precision (bf16 autocast; channels_last for CNN students); default: on CUDA
-            when the recipe allows it. The maths is the same in fp32.
+        fast: mixed precision (bf16 autocast; channels_last for CNN students): True, False or
+            "auto" (default: where the hardware runs bf16 natively and the recipe's amp allows it,
+            ``resolve_fast``; the choice is printed once per process). The maths is the same in fp32.
 
     ``task`` holds what the run kind supplies; ``model`` is its trained network.
     """
 
-    def __init__(self, cfg, data: Data, device, teacher=None, fast: bool | None = None):
+    def __init__(self, cfg, data: Data, device, teacher=None, fast: bool | str = "auto"):
         self.cfg, self.data, self.device = cfg, data, torch.device(device)
         self.recipe = r = cfg.recipe
-        self.fast = (self.device.type == "cuda" and r.amp) if fast is None else fast
+        self.fast, choice = resolve_fast(fast, self.device, r.amp)
+        if choice not in _FAST_ANNOUNCED and dist.is_main():
+            _FAST_ANNOUNCED.add(choice)
+            print(choice)
         self.autocast_dtype = _autocast_dtype(self.device, self.fast)
         torch.manual_seed(r.seed)
         torch.backends.cudnn.benchmark = True
@@ -201,19 +262,22 @@ class Trainer:
         correct = torch.zeros((), device=self.device)
         has_logits = False
         check_every = 1 if self.device.type == "cpu" else 50  # a host check is free on the CPU
+        steps = []  # this rank's images of each step, drawn up front so a streamed dataset can read them ahead
         for step in range(self.steps_per_epoch):
             firsts = [(step * r.accum_steps + m) * r.batch_size + dist.rank() * per_rank for m in range(r.accum_steps)]
-            idx = order[firsts[0]:firsts[0] + per_rank] if r.accum_steps == 1 else \
-                torch.cat([order[f:f + per_rank] for f in firsts])
-            loss, logits = self.step(idx)
-            losses[step], grad_norms[step] = loss, self.grad_norm
-            if logits is not None:
-                has_logits = True
-                correct += (logits.argmax(dim=1) == self.data.train.labels[idx]).sum()
-            if (step + 1) % check_every == 0 or step + 1 == self.steps_per_epoch:
-                check_divergence(losses[:step + 1], grad_norms[:step + 1], epoch, run_name,
-                                 fp16=self.scaler.is_enabled())
-            bar.update(1)
+            steps.append(order[firsts[0]:firsts[0] + per_rank] if r.accum_steps == 1 else
+                         torch.cat([order[f:f + per_rank] for f in firsts]))
+        with self.data.train.prefetch([part for idx in steps for part in idx.chunk(r.accum_steps)]):  # step's forwards
+            for step, idx in enumerate(steps):
+                loss, logits = self.step(idx)
+                losses[step], grad_norms[step] = loss, self.grad_norm
+                if logits is not None:
+                    has_logits = True
+                    correct += (logits.argmax(dim=1) == self.data.train.labels[idx]).sum()
+                if (step + 1) % check_every == 0 or step + 1 == self.steps_per_epoch:
+                    check_divergence(losses[:step + 1], grad_norms[:step + 1], epoch, run_name,
+                                     fp16=self.scaler.is_enabled())
+                bar.update(1)
         self._check_weights(epoch, run_name)
         losses = dist.sum_over_ranks(losses) / dist.world_size()  # the mean of the ranks' losses
         entry = {"epoch": epoch + 1, "loss": losses.mean().item()}
@@ -271,7 +335,7 @@ def _checkpoint_status(run_name: str, saved_epoch: int) -> str:
 
 
 def fit(cfg, run_name: str, data: Data, device, force_retrain: bool = False, teacher=None,
-        lineage: dict | None = None) -> dict:
+        lineage: dict | None = None, fast: bool | str = "auto") -> dict:
     """Train one single-seed run (or load it from the store), evaluate it, and return its results.
 
     A complete cached checkpoint with an equal config and ``lineage`` (the content hashes of the
@@ -279,6 +343,7 @@ def fit(cfg, run_name: str, data: Data, device, force_retrain: bool = False, tea
     training log rewritten if it went missing; a partial one is resumed exactly; one trained with
     another config or from other inputs raises ``StaleRunError``. A divergence raises
     ``DivergenceError`` saying whether a good checkpoint exists and where; nothing diverged is saved.
+    ``fast`` is the ``Trainer``'s (default: "auto").
     """
     from .evaluate import evaluate_run
 
@@ -289,7 +354,7 @@ def fit(cfg, run_name: str, data: Data, device, force_retrain: bool = False, tea
             print(f"[cache] {run_name}: loaded {path}")
             _restore_log(cfg, run_name, ckpt)
         return ckpt["results"]
-    trainer = Trainer(cfg, data, device, teacher)
+    trainer = Trainer(cfg, data, device, teacher, fast=fast)
     history = []
     if ckpt is not None:
         trainer.load_state_dict(ckpt)
@@ -298,11 +363,14 @@ def fit(cfg, run_name: str, data: Data, device, force_retrain: bool = False, tea
             print(f"[resume] {run_name}: from epoch {ckpt['epoch']} of {trainer.recipe.epochs} ({path})")
     trainer.task.announce()
     r, saved_epoch = trainer.recipe, len(history)
+    live = EpochWriter(run_name, first_epoch=len(history)) if dist.is_main() else None
     bar = tqdm(total=trainer.total_steps, initial=len(history) * trainer.steps_per_epoch, desc=run_name,
                disable=not dist.is_main(), mininterval=1.0)
     try:
         for epoch in range(len(history), r.epochs):
             history.append(trainer.epoch(epoch, run_name, bar))
+            if live is not None:
+                live.add(history[-1])
             bar.set_postfix({k: f"{history[-1][k]:.3f}" for k in ("loss", "train_acc") if k in history[-1]})
             if (epoch + 1) % r.checkpoint_every == 0 or epoch + 1 == r.epochs:
                 _save(cfg, run_name, trainer, history, complete=False, lineage=lineage)
@@ -310,11 +378,17 @@ def fit(cfg, run_name: str, data: Data, device, force_retrain: bool = False, tea
             elif dist.is_main():
                 _write_log(cfg, run_name, history, complete=False, results=None, lineage=lineage)
         bar.close()
-        results = evaluate_run(cfg, trainer.task.encoder(), data, history, run_name) if dist.is_main() else None
+        results = evaluate_run(cfg, trainer.task.encoder(), data.evaluation, history, run_name) if dist.is_main() else None
     except DivergenceError as err:
         raise DivergenceError(f"{err}; {_checkpoint_status(run_name, saved_epoch)}") from None
+    except KeyboardInterrupt:
+        if dist.is_main():
+            print(f"\n[interrupted] {run_name}: {_checkpoint_status(run_name, saved_epoch)}", flush=True)
+        raise
     finally:
         bar.close()  # an error message starts on a line of its own
+        if live is not None:
+            live.close()
     _save(cfg, run_name, trainer, history, complete=True, results=results, lineage=lineage)
     results = dist.broadcast_object(results)  # the other ranks wait here for rank 0's evaluation and checkpoint
     if dist.is_main():

@@ -39,9 +39,20 @@ def lw_supcrd_sweeps(p: Profile) -> dict[str, list[RunConfig]]:
     }
 
 
+def ambiguities(p: Profile) -> list[RunConfig]:
+    """The headline LW-SupCRD point with each reading of the write-up that differs from our default:
+    the student's own probability in the adaptive beta, and instance positives."""
+    return [p.student_config("lw_supcrd", adaptive_beta_source="student"),
+            p.student_config("lw_supcrd", positives="instance")]
+
+
 def bank_ablation(p: Profile) -> list[RunConfig]:
-    """{CRD, LW-SupCRD} x {no bank, a bank sampling ``p.bank_k`` keys per step}."""
-    return [p.student_config("crd", bank_k=k) for k in (0, p.bank_k)] + [_lw_supcrd(p, bank_k=k) for k in (0, p.bank_k)]
+    """The write-ups' four runs, {CRD, LW-SupCRD} x {no bank, a bank of ``p.bank_k`` negatives per step}, under
+    the ablation recipe (``registry.BANK_ABLATION_RECIPE``), then the labelled variant: LW-SupCRD whose
+    same-label bank entries count as positives."""
+    runs = [p.student_config(method, recipe="bank_ablation", bank_k=k) for method in ("crd", "lw_supcrd")
+            for k in (0, p.bank_k)]
+    return runs + [p.student_config("lw_supcrd", recipe="bank_ablation", bank_k=p.bank_k, bank_positives=True)]
 
 
 def unique(configs: list[RunConfig]) -> list[RunConfig]:
@@ -57,7 +68,7 @@ def unique(configs: list[RunConfig]) -> list[RunConfig]:
 GRIDS = {
     "01_teacher": teacher,
     "02_baselines": lambda p: [headline(p)] + baselines(p),
-    "03_lw_supcrd_sweeps": lambda p: unique([c for grid in lw_supcrd_sweeps(p).values() for c in grid]),
+    "03_lw_supcrd_sweeps": lambda p: unique([c for grid in lw_supcrd_sweeps(p).values() for c in grid] + ambiguities(p)),
     "04_memory_bank_ablation": bank_ablation,
 }
 

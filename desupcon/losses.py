@@ -160,6 +160,8 @@ def lw_supcrd_loss(
     temperature: float = 0.07,
     adaptive_beta: bool = True,
     in_batch_keys: int | None = None,
+    target_probs: torch.Tensor | None = None,
+    positives: str = "class",
 ) -> torch.Tensor:
     """Logit-Weighted Supervised Contrastive Representation Distillation (LW-SupCRD).
 
@@ -170,7 +172,7 @@ def lw_supcrd_loss(
 
         P(i)        = {j : labels_t[j] = labels_s[i]},   N(i) = the other keys
         w_pull(i)   = α · p_i[y_i]
-        β_eff(i)    = β / (p_i[y_i] + 0.5)   if adaptive_beta else β
+        β_eff(i)    = β / (q_i + 0.5)   if adaptive_beta else β,   q_i = target_probs[i] or p_i[y_i]
         w_push(i,k) = β_eff(i) · (1 − p_i[y_k])
         ℓ_i  = -1/(α |P(i)|) Σ_{j ∈ P(i)} log( w_pull e^{s_i·t_j/τ}
                  / (w_pull e^{s_i·t_j/τ} + Σ_{k ∈ N(i)} w_push(i,k) e^{s_i·t_k/τ}) )
@@ -195,6 +197,12 @@ def lw_supcrd_loss(
         in_batch_keys: if given, only keys j < in_batch_keys can be positives; later keys
             (memory-bank entries) are negatives even when they share the anchor's label, as in
             the write-ups' bank ablation (default: None, every same-label key is a positive).
+        target_probs: (N,) the probability q_i in β_eff, e.g. the student's own classifier
+            probability of y_i (the write-up's "p_target", whose claimed curriculum needs a
+            probability that rises during training) (default: None, the teacher's p_i[y_i]).
+        positives: "class" (P(i) as above) or "instance" (P(i) = {i}: only key i, the same
+            image's other view, is a positive; every other key, same-label ones included, is a
+            push-weighted negative; needs M >= N) (default: "class").
 
     Returns:
         Scalar loss; a differentiable zero when no anchor has a positive.
@@ -211,16 +219,27 @@ def lw_supcrd_loss(
         raise ValueError(f"beta must be >= 0, got {beta}")
     if in_batch_keys is not None and not 0 <= in_batch_keys <= sizes["M"]:
         raise ValueError(f"in_batch_keys must lie in [0, M={sizes['M']}], got {in_batch_keys}")
+    if positives not in ("class", "instance"):
+        raise ValueError(f"positives must be 'class' or 'instance', got {positives!r}")
+    if positives == "instance" and sizes["M"] < sizes["N"]:
+        raise ValueError(f"positives='instance' pairs anchor i with key i, so z_t needs M >= N rows, got "
+                         f"M={sizes['M']} < N={sizes['N']}")
+    if target_probs is not None:
+        _check_shapes(labels_s=(labels_s, "N"), target_probs=(target_probs, "N"))
     for name, y in (("labels_s", labels_s), ("labels_t", labels_t)):
         require_in_range(name, y, sizes["C"], what="class ids indexing teacher_probs")
     labels_s, labels_t = labels_s.long(), labels_t.long()
 
     logits = z_s @ z_t.T / temperature  # (N, M)
-    pos = labels_s[:, None] == labels_t[None, :]  # (N, M)
+    if positives == "instance":
+        pos = torch.eye(sizes["N"], sizes["M"], dtype=torch.bool, device=z_s.device)  # (N, M)
+    else:
+        pos = labels_s[:, None] == labels_t[None, :]  # (N, M)
     if in_batch_keys is not None:
         pos[:, in_batch_keys:] = False
     p_true = teacher_probs.gather(1, labels_s[:, None])  # (N, 1)
-    beta_eff = beta / (p_true + 0.5) if adaptive_beta else beta  # (N, 1) or scalar
+    q = p_true if target_probs is None else target_probs[:, None]  # (N, 1)
+    beta_eff = beta / (q + 0.5) if adaptive_beta else beta  # (N, 1) or scalar
     log_w_pull = (alpha * p_true).clamp(min=_TINY).log()  # (N, 1)
     log_w_push = (beta_eff * (1 - teacher_probs[:, labels_t])).clamp(min=_TINY).log()  # (N, M)
 

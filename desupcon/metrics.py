@@ -5,15 +5,31 @@ Representation Learning through Alignment and Uniformity on the Hypersphere", IC
 (https://arxiv.org/abs/2005.10242). Class distances measure how far apart classes sit on the
 sphere relative to how tight each class is.
 
-Pairwise quantities are computed block by block (``batch_size`` rows against all later rows), so
-memory grows as ``batch_size × N`` and never as ``N × N``. Everything runs on the device of the
-input tensor.
+Pairwise quantities are computed block by block (a block of rows against all later rows), so
+memory grows as ``rows × N`` and never as ``N × N``. Unless a caller fixes ``batch_size``, the rows
+of a block come from the budget ``BLOCK_BYTES``: the block's tile of pairs and its temporaries
+(reduced in place) take at most that many bytes, so the peak is the inputs plus about one
+``BLOCK_BYTES`` (without gradients; autograd keeps every tile it needs for the backward pass).
+Everything runs on the device of the input tensor.
 """
 
+import functools
 import math
 
 import torch
 import torch.nn.functional as F
+
+BLOCK_BYTES = 64 * 2**20
+"""Memory budget in bytes of one block of a pairwise computation (here and in ``desupcon.evaluate``)."""
+
+
+def rows_per_block(n_cols, bytes_per_entry, budget=None):
+    """Rows of a ``(rows, n_cols)`` block whose entries, ``bytes_per_entry`` each (the tile and its
+    temporaries), fit in ``budget`` bytes (default ``BLOCK_BYTES``); at least 1."""
+    if n_cols < 1 or bytes_per_entry <= 0:
+        raise ValueError(f"n_cols and bytes_per_entry must be positive, got {n_cols} and {bytes_per_entry}")
+    budget = BLOCK_BYTES if budget is None else budget
+    return max(1, int(budget // (n_cols * bytes_per_entry)))
 
 
 def _check_embeddings(x, name):
@@ -26,23 +42,42 @@ def _check_embeddings(x, name):
     return x
 
 
-def _upper_tiles(x, batch_size):
-    """Yield ``(rows, cols, sq_dist)`` for the pairs i < j of ``x``, one block of rows at a time.
+def _sq_dist_tile(x, sq_norms, start, stop, fill):
+    """Squared Euclidean distances (B, N - start) between rows ``start:stop`` and ``start:`` of ``x``,
+    with ``fill`` where i >= j (the lower triangle of the leading B x B block): one fresh buffer
+    and one (B, B) boolean mask. ``sq_norms`` (N,) are the squared row norms."""
+    sq_dist = torch.addmm(sq_norms[None, start:], x[start:stop], x[start:].T, alpha=-2)  # ‖x_j‖² − 2 x_i·x_j
+    sq_dist.add_(sq_norms[start:stop, None]).clamp_min_(0)
+    lower = torch.ones(stop - start, stop - start, dtype=torch.bool, device=x.device).tril_()  # i >= j
+    sq_dist[:, :stop - start].masked_fill_(lower, fill)
+    return sq_dist
 
-    ``rows`` (B, 1) and ``cols`` (1, N - start) are the pair indices; ``sq_dist`` (B, N - start)
-    holds squared Euclidean distances, +inf where i >= j so that callers can mask by finiteness.
+
+def _reduce_upper_tiles(x, batch_size, fill, reduce):
+    """``[reduce(start, stop, sq_dist), ...]`` over the pairs i < j of ``x``, ``batch_size`` rows at a time.
+
+    ``sq_dist`` is :func:`_sq_dist_tile`; ``reduce`` may overwrite it, and it is freed before the
+    next block is built, so one block at a time is alive.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size}")
     n = x.shape[0]
     sq_norms = x.pow(2).sum(dim=1)  # (N,)
-    for start in range(0, n - 1, batch_size):
-        stop = min(start + batch_size, n)
-        rows = torch.arange(start, stop, device=x.device)[:, None]  # (B, 1)
-        cols = torch.arange(start, n, device=x.device)[None, :]  # (1, N - start)
-        gram = x[start:stop] @ x[start:].T  # (B, N - start)
-        sq_dist = (sq_norms[start:stop, None] + sq_norms[None, start:] - 2 * gram).clamp_min(0)
-        yield rows, cols, sq_dist.masked_fill(cols <= rows, math.inf)
+    blocks = [(start, min(start + batch_size, n)) for start in range(0, n - 1, batch_size)]
+    return [reduce(start, stop, _sq_dist_tile(x, sq_norms, start, stop, fill)) for start, stop in blocks]
+
+
+def _log_sum_exp_(values):
+    """``log Σ exp(values)`` over all entries, shifted by their maximum (no underflow); overwrites ``values``."""
+    shift = values.max().detach()
+    return shift + values.sub_(shift).exp_().sum().log()
+
+
+def _distance_sums_(labels, start, stop, sq_dist):
+    """Sums of the pair distances of one tile, all pairs and same-class pairs (float64); overwrites ``sq_dist``."""
+    dist = sq_dist.sqrt_()  # (B, N - start)
+    all_pairs = dist.sum().double()
+    return all_pairs, dist.masked_fill_(labels[start:stop, None] != labels[None, start:], 0).sum().double()
 
 
 def alignment(x, y, alpha=2):
@@ -57,11 +92,12 @@ def alignment(x, y, alpha=2):
     return (x - y).norm(dim=1).pow(alpha).mean()
 
 
-def uniformity(x, t=2, batch_size=4096):
+def uniformity(x, t=2, batch_size=None):
     """Log mean Gaussian potential over pairs i < j, ``log E exp(−t ‖x_i − x_j‖²)``; lower is more uniform.
 
     Wang & Isola 2020, https://arxiv.org/abs/2005.10242. ``x`` is (N, D), N >= 2. Each row block
-    is reduced with ``logsumexp``, so the result is exact without an N × N matrix or underflow.
+    (``batch_size`` rows; default: as many as ``BLOCK_BYTES`` allows) is reduced in place with a
+    max-shifted log-sum-exp, so the result is exact without an N × N matrix or underflow.
     """
     x = _check_embeddings(x, "x")
     n = x.shape[0]
@@ -69,36 +105,39 @@ def uniformity(x, t=2, batch_size=4096):
         raise ValueError(f"t must be positive, got {t}")
     if n < 2:
         raise ValueError(f"x needs at least 2 rows to form a pair, got {n}")
-    tiles = _upper_tiles(x, batch_size)
-    block_lse = torch.stack([torch.logsumexp(-t * sq_dist.flatten(), dim=0) for *_, sq_dist in tiles])
-    return torch.logsumexp(block_lse, dim=0) - math.log(n * (n - 1) / 2)
+    if batch_size is None:
+        batch_size = rows_per_block(n, x.element_size() + 1)  # the tile and its (B, B) mask
+    block_lse = _reduce_upper_tiles(x, batch_size, math.inf, lambda start, stop, sq: _log_sum_exp_(sq.mul_(-t)))
+    return torch.logsumexp(torch.stack(block_lse), dim=0) - math.log(n * (n - 1) / 2)
 
 
-def class_distances(x, labels, batch_size=4096):
+@torch.no_grad()
+def class_distances(x, labels, batch_size=None):
     """Mean Euclidean distance within and between classes, and their ratio.
 
     Returns ``{"intra_class", "inter_class", "separation_ratio"}`` as 0-dim tensors:
     ``intra_class`` averages over distinct same-class pairs, ``inter_class`` over different-class
     pairs, ``separation_ratio = inter_class / intra_class`` (higher separates classes better).
     ``x`` is (N, D), ``labels`` is (N,) and must contain at least one class with two samples and
-    at least two classes.
+    at least two classes. Blocks have ``batch_size`` rows (default: as many as ``BLOCK_BYTES``
+    allows) and are reduced in place, so the result carries no gradient; the pair counts come from
+    the class sizes.
     """
     x = _check_embeddings(x, "x")
     labels = torch.as_tensor(labels, device=x.device)
     if labels.shape != x.shape[:1]:
         raise ValueError(f"labels must have shape ({x.shape[0]},), got {tuple(labels.shape)}")
-    sums = torch.zeros(2, dtype=torch.float64, device=x.device)  # (same, different)
-    counts = torch.zeros(2, dtype=torch.float64, device=x.device)
-    for rows, cols, sq_dist in _upper_tiles(x, batch_size):
-        pair = sq_dist.isfinite()  # (B, N - start)
-        same = labels[rows] == labels[cols]  # (B, N - start)
-        dist = sq_dist.masked_fill(~pair, 0).sqrt().double()
-        for k, mask in enumerate((pair & same, pair & ~same)):
-            sums[k] += dist[mask].sum()
-            counts[k] += mask.sum()
-    if counts[0] == 0 or counts[1] == 0:
+    n = x.shape[0]
+    class_sizes = torch.unique(labels, return_counts=True)[1].double()
+    same_pairs = (class_sizes * (class_sizes - 1) / 2).sum()
+    different_pairs = n * (n - 1) / 2 - same_pairs
+    if same_pairs == 0 or different_pairs == 0:
         raise ValueError("labels must contain a class with at least two samples and at least two classes")
-    intra, inter = sums / counts
+    if batch_size is None:
+        batch_size = rows_per_block(n, x.element_size() + 2)  # the tile, its mask, class mask
+    sums = _reduce_upper_tiles(x, batch_size, 0.0, functools.partial(_distance_sums_, labels))
+    all_sum, same_sum = torch.stack([torch.stack(block) for block in sums]).sum(dim=0)
+    intra, inter = same_sum / same_pairs, (all_sum - same_sum) / different_pairs
     return {"intra_class": intra, "inter_class": inter, "separation_ratio": inter / intra}
 
 

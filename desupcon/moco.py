@@ -5,7 +5,9 @@ https://arxiv.org/abs/2104.02057; the model follows facebookresearch/moco-v3 ``m
 A base encoder (backbone + projector) and a predictor learn from the symmetric loss against keys
 of a momentum encoder (an exponential moving average of the base encoder), optionally with a FIFO
 queue of past keys as extra negatives for small batches. ViT-Small/16 keeps its patch projection
-frozen at its random initialisation, the paper's fix for training instability.
+frozen at its random initialisation, the paper's fix for training instability. The heads come in
+two layouts (``head_layout``: facebookresearch/moco-v3's or seed 001's), and ``train.training_mode:
+kd`` trains the write-up's distillation of a frozen teacher instead (``desupcon.vit_kd``).
 The config of a run lives in ``desupcon.moco_config``; training is ``desupcon.train.train(cfg)``,
 the same engine as every other run.
 
@@ -34,29 +36,46 @@ from .config import ConfigError
 from .data import Data
 from .evaluate import evaluate_encoder
 from .losses import moco_v3_loss
-from .models import freeze_patch_projection, random_backbone
-from .moco_config import MocoConfig, ModelConfig, load_config
+from .memory import announce_line
+from .models import freeze_conv1, freeze_patch_projection, is_vit, random_backbone
+from .moco_config import HEAD_LAYOUTS, MocoConfig, ModelConfig, load_config
 from .store import StaleRunError, atomic_write_json, describe_diff, eval_path, load_checkpoint, saved_snapshots, \
     snapshot_path
 
 
-def build_backbone(cfg: ModelConfig, image_size: int, freeze: bool = True, **vit_arch) -> tuple[nn.Module, int]:
+def build_backbone(cfg: ModelConfig, image_size: int, freeze: bool = True, **arch) -> tuple[nn.Module, int]:
     """Backbone ``(module, feature_dim)`` of the ``model`` section, pooled features ``(B, feature_dim)``.
 
     Args:
-        cfg: the ``model`` section (backbone, width, patch_size, stop_grad_conv1).
+        cfg: the ``model`` section (backbone, width, patch_size, stop_grad_conv1, freeze_conv1).
         image_size: input side (a multiple of the patch size for ViT).
-        freeze: freeze the ViT patch projection when ``stop_grad_conv1`` says so (default: True).
-        vit_arch: overrides of ``models.VIT_SMALL``, e.g. a one-layer ViT in tests (default: ViT-Small).
+        freeze: freeze a ViT's patch projection when ``stop_grad_conv1`` says so and a ResNet's
+            ``conv1`` when ``freeze_conv1`` does (default: True).
+        arch: architecture overrides (``models.random_backbone``), e.g. a one-layer ViT in tests
+            (default: none).
     """
-    backbone, dim = random_backbone(cfg.backbone, image_size, cfg.width, cfg.patch_size, **vit_arch)
-    if freeze and cfg.backbone == "vit_small" and cfg.stop_grad_conv1:
+    backbone, dim = random_backbone(cfg.backbone, image_size, cfg.width, cfg.patch_size, **arch)
+    if freeze and cfg.stop_grad_conv1 and is_vit(cfg.backbone):
         freeze_patch_projection(backbone)
+    if freeze and cfg.freeze_conv1:
+        freeze_conv1(backbone)
     return backbone, dim
 
 
-def _build_mlp(num_layers: int, input_dim: int, mlp_dim: int, output_dim: int) -> nn.Sequential:
-    """Linear(no bias)-BN-ReLU repeated, the last Linear followed by BatchNorm1d(affine=False)."""
+def _build_mlp(num_layers: int, input_dim: int, mlp_dim: int, output_dim: int, last_bn: bool = True,
+               last_affine: bool = False) -> nn.Sequential:
+    """facebookresearch/moco-v3's ``_build_mlp``: ``num_layers`` Linear layers without bias, each hidden
+    one followed by BatchNorm1d and ReLU, the last one by BatchNorm1d(affine=False) if ``last_bn``.
+
+    Args:
+        num_layers: number of Linear layers.
+        input_dim: input width.
+        mlp_dim: hidden width.
+        output_dim: output width.
+        last_bn: a BatchNorm1d after the last Linear (default: True).
+        last_affine: that BatchNorm learns a scale and shift, seed 001's ``BatchNorm1d(dim)`` (default:
+            False, moco-v3's, which follows SimCLR without gamma).
+    """
     layers = []
     for i in range(num_layers):
         dim1 = input_dim if i == 0 else mlp_dim
@@ -64,9 +83,31 @@ def _build_mlp(num_layers: int, input_dim: int, mlp_dim: int, output_dim: int) -
         layers.append(nn.Linear(dim1, dim2, bias=False))
         if i < num_layers - 1:
             layers += [nn.BatchNorm1d(dim2), nn.ReLU(inplace=True)]
-        else:
-            layers.append(nn.BatchNorm1d(dim2, affine=False))
+        elif last_bn:
+            layers.append(nn.BatchNorm1d(dim2, affine=last_affine))
     return nn.Sequential(*layers)
+
+
+def head_layout(heads: str, vit: bool) -> dict:
+    """The ``MoCoV3`` head arguments (proj_layers, pred_last_bn, last_affine) of a ``model.heads`` layout.
+
+    "official", facebookresearch/moco-v3 ``moco/builder.py``: ``MoCo_ViT`` has a 3-layer projector and a
+    2-layer predictor, both ending in BatchNorm1d(affine=False); ``MoCo_ResNet`` has a 2-layer projector
+    ending so and a 2-layer predictor without a last BatchNorm (``_build_mlp(2, dim, mlp_dim, dim, False)``).
+    "writeup", seed 001 (fix 1; "BN Layers (Proj) 3/3", "(Pred) 2/2"), for every backbone: a 3-layer
+    projector with BatchNorm after all three Linear layers and a 2-layer predictor with BatchNorm after
+    both; the added last ones are its ``BatchNorm1d(dim)``, so affine (PyTorch's default).
+    No Linear has a bias in either layout (seed 001: "bias=False to final Linear layers").
+
+    Args:
+        heads: "official" or "writeup".
+        vit: the backbone is a ViT (``models.is_vit``); only "official" depends on it.
+    """
+    if heads not in HEAD_LAYOUTS:
+        raise ValueError(f"unknown head layout '{heads}': choose one of {list(HEAD_LAYOUTS)}")
+    if heads == "writeup":
+        return {"proj_layers": 3, "pred_last_bn": True, "last_affine": True}
+    return {"proj_layers": 3 if vit else 2, "pred_last_bn": vit, "last_affine": False}
 
 
 class MoCoV3(nn.Module):
@@ -78,11 +119,13 @@ class MoCoV3(nn.Module):
 
     def __init__(self, backbone: nn.Module, feature_dim: int, proj_layers: int = 3, proj_hidden: int = 4096,
                  proj_dim: int = 256, pred_hidden: int = 4096, temperature: float = 0.2, queue_size: int = 0,
-                 batch_size: int | None = None):
+                 batch_size: int | None = None, pred_last_bn: bool = True, last_affine: bool = False):
         """
+        Defaults: moco-v3's ViT heads; ``head_layout`` gives the arguments of each layout.
+
         backbone: network mapping images to features (B, feature_dim).
         feature_dim: dimension of the backbone features.
-        proj_layers: projector depth: 3 for ViT, 2 for ResNet (default: 3).
+        proj_layers: projector depth: official 3 for ViT, 2 for ResNet; writeup 3 (default: 3).
         proj_hidden: hidden dimension of the projector (default: 4096).
         proj_dim: output dimension of projector and predictor (default: 256).
         pred_hidden: hidden dimension of the 2-layer predictor (default: 4096).
@@ -90,13 +133,15 @@ class MoCoV3(nn.Module):
         queue_size: keys of past batches used as extra negatives; 0 = none (default: 0).
         batch_size: keys enqueued per forward (the global batch), checked against queue_size
             now (default: None, checked at the first enqueue).
+        pred_last_bn: the predictor ends in a BatchNorm (default: True; official ResNet: False).
+        last_affine: the last BatchNorm of projector and predictor is affine (default: False; writeup: True).
         """
         super().__init__()
         self.temperature = temperature
-        self.base_encoder = nn.Sequential(OrderedDict(
-            backbone=backbone, projector=_build_mlp(proj_layers, feature_dim, proj_hidden, proj_dim)))
+        projector = _build_mlp(proj_layers, feature_dim, proj_hidden, proj_dim, last_affine=last_affine)
+        self.base_encoder = nn.Sequential(OrderedDict(backbone=backbone, projector=projector))
         self.momentum_encoder = copy.deepcopy(self.base_encoder).requires_grad_(False)  # never gets gradient
-        self.predictor = _build_mlp(2, proj_dim, pred_hidden, proj_dim)
+        self.predictor = _build_mlp(2, proj_dim, pred_hidden, proj_dim, pred_last_bn, last_affine)
         self.queue = FIFOQueue(queue_size, proj_dim, batch_size=batch_size) if queue_size else None
 
     @torch.no_grad()
@@ -130,12 +175,28 @@ class MoCoV3(nn.Module):
         return loss
 
 
-def build_model(cfg: MocoConfig, freeze: bool = True) -> MoCoV3:
-    """The randomly initialised ``MoCoV3`` of a config (ViT: 3-layer projector, ResNet: 2)."""
+def build_model(cfg: MocoConfig, freeze: bool = True, pretrained_teacher: bool = False,
+                input_stats: tuple | None = None) -> nn.Module:
+    """The model of a config, randomly initialised: ``MoCoV3`` with the heads of ``model.heads``
+    (``head_layout``), or for ``train.training_mode: kd`` a ``vit_kd.ViTKD``.
+
+    Args:
+        cfg: the run's config.
+        freeze: apply ``model.stop_grad_conv1`` and ``model.freeze_conv1`` (default: True).
+        pretrained_teacher: kd only: load the teacher's weights (``vit_kd.build_teacher``) (default:
+            False, a random teacher: evaluation and memory estimates need the student only).
+        input_stats: kd only: the per-channel ``(mean, std)`` the views are normalised with (default:
+            None, the teacher's own normalisation).
+    """
     backbone, feature_dim = build_backbone(cfg.model, cfg.data.image_size, freeze)
-    return MoCoV3(backbone, feature_dim, proj_layers=3 if cfg.model.backbone == "vit_small" else 2,
-                  proj_hidden=cfg.model.proj_hidden, proj_dim=cfg.model.proj_dim, pred_hidden=cfg.model.pred_hidden,
-                  temperature=cfg.train.temperature, queue_size=cfg.train.queue_size, batch_size=cfg.train.batch_size)
+    m, t = cfg.model, cfg.train
+    if t.training_mode == "kd":
+        from .vit_kd import build_kd_model
+
+        return build_kd_model(m, backbone, feature_dim, pretrained_teacher, input_stats)
+    return MoCoV3(backbone, feature_dim, proj_hidden=m.proj_hidden, proj_dim=m.proj_dim, pred_hidden=m.pred_hidden,
+                  temperature=t.temperature, queue_size=t.queue_size, batch_size=t.batch_size,
+                  **head_layout(m.heads, is_vit(m.backbone)))
 
 
 def per_rank_batch(batch_size: int, world_size: int) -> int:
@@ -155,34 +216,6 @@ def momentum_at(step: int, total_steps: int, m0: float, schedule: str) -> float:
     return 1 - (1 - m0) * (math.cos(math.pi * step / total_steps) + 1) / 2
 
 
-def estimate_vram_gb(cfg: MocoConfig) -> float:
-    """Rough peak GPU memory of one process in GB: an estimate, not a measurement.
-
-    fp32 weights, gradients and the two AdamW moments of the base encoder and predictor
-    (16 bytes per parameter; the frozen ViT patch projection is counted too), the momentum encoder
-    (4 bytes per parameter), the buffers (queue, BatchNorm statistics), and the activations kept for
-    backward: the outputs of every leaf module of the base encoder for one image (2 bytes under amp,
-    else 4) x 2 views x the per-process batch. Attention internals and allocator overhead are not
-    counted. The model is built on the meta device: no memory is allocated.
-    """
-    size = cfg.data.image_size
-    with torch.device("meta"):
-        model = build_model(cfg, freeze=False)
-    count = lambda *modules: sum(p.numel() for module in modules for p in module.parameters())
-    buffer_bytes = sum(b.numel() * b.element_size() for b in model.buffers())
-    elements = []
-    leaves = [module for module in model.base_encoder.modules() if not list(module.children())]
-    hooks = [leaf.register_forward_hook(lambda _m, _x, out: elements.append(out.numel())) for leaf in leaves]
-    model.base_encoder(torch.empty(2, 3, size, size, device="meta"))  # 2 images: BatchNorm needs a batch
-    for hook in hooks:
-        hook.remove()
-    per_image = sum(elements) / 2 * (2 if cfg.train.amp else 4)
-    batch = cfg.train.batch_size // dist.world_size()
-    total = (16 * count(model.base_encoder, model.predictor) + 4 * count(model.momentum_encoder) + buffer_bytes
-             + 2 * batch * per_image)
-    return total / 1e9
-
-
 class _Encoder(nn.Module):
     """``x -> (backbone features, L2-normalised projector output)``: what the evaluation reads."""
 
@@ -198,6 +231,9 @@ class _Encoder(nn.Module):
 class MoCoTask:
     """MoCo-v3 for ``desupcon.engine.Trainer``: the model, the momentum schedule and the two views.
 
+    In ``train.training_mode: kd`` the model is a ``vit_kd.ViTKD`` with its teacher's weights loaded;
+    it takes the same two views and has no momentum encoder.
+
     Under DDP the model is wrapped in ``DistributedDataParallel`` and, on GPUs, its BatchNorm
     layers (heads and ResNet) become ``SyncBatchNorm``, as in facebookresearch/moco-v3.
     """
@@ -206,7 +242,10 @@ class MoCoTask:
         cfg = self.cfg = trainer.cfg
         self.trainer, self.data, self.device = trainer, trainer.data, trainer.device
         per_rank_batch(cfg.train.batch_size, dist.world_size())
-        self.model = build_model(cfg).to(self.device)
+        stats = (self.data.train.mean, self.data.train.std)
+        pretrained = self.device.type != "meta"  # kd: a shapes-only (meta) build keeps a random teacher
+        self.model = build_model(cfg, pretrained_teacher=pretrained, input_stats=stats).to(self.device)
+        self.teacher = getattr(self.model, "teacher", None)  # kd's frozen teacher, outside the model's state
         if dist.is_distributed() and self.device.type == "cuda":  # PyTorch's SyncBatchNorm runs on GPUs only
             self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
         self.forward = dist.wrap(self.model)
@@ -230,7 +269,7 @@ class MoCoTask:
             print(f"MoCo-v3 '{t.out_dir}': {cfg.model.backbone} on {cfg.data.dataset} at {cfg.data.image_size}px, "
                   f"lr = {t.base_lr} x {t.batch_size * t.accum_steps}/256 = {cfg.lr:.3g}, "
                   f"{self.trainer.steps_per_epoch} steps/epoch, amp {self.trainer.autocast_dtype or 'off'}")
-            print(f"VRAM estimate (an estimate, not a measurement): {estimate_vram_gb(cfg):.2f} GB per process")
+            print(announce_line(cfg))
 
     def train(self):
         self.model.train()
@@ -242,13 +281,13 @@ class MoCoTask:
         self._pending_momentum = self.momentum
 
     def log_entry(self) -> dict:
-        return {"momentum": self.momentum}
+        return {"momentum": self.momentum} if self.cfg.train.training_mode == "moco_v3" else {}
 
     def encoder(self) -> nn.Module:
         return _Encoder(self.model.base_encoder)
 
     def loss(self, idx: torch.Tensor) -> tuple[torch.Tensor, None]:
-        images, (view1, view2) = self.data.train.images[idx], PRESETS[self.cfg.data.augment]
+        images, (view1, view2) = self.data.train.gather(idx), PRESETS[self.cfg.data.augment]
         size, mean, std, gen = self.cfg.data.image_size, self.data.train.mean, self.data.train.std, self.trainer.aug_gen
         x1, x2 = augment(images, view1, mean, std, gen, size), augment(images, view2, mean, std, gen, size)
         m, self._pending_momentum = self._pending_momentum, None
@@ -315,7 +354,7 @@ def evaluate_checkpoints(config_path, epochs, overrides=(), device=None) -> list
 
     cfg = load_config(config_path, overrides)
     device = torch.device(device) if device else default_device()
-    data = Data.load(cfg.data.dataset, device)
+    data = Data.load(cfg.dataset, device).evaluation
     points = []
     for epoch in sorted(set(epochs)):
         results = evaluate_encoder(load_encoder(cfg, epoch, device), data, cfg.evaluation, cfg.seed,

@@ -12,23 +12,42 @@ import re
 from dataclasses import dataclass
 
 from .config import Config, ConfigError, EvalConfig, _choices_of_registry, checked
-from .models import BACKBONES
+from .models import BACKBONES, TIMM_NAME, is_backbone, is_timm_model, is_vit
 
 MOMENTUM_SCHEDULES = ("fixed", "cosine")
+TRAINING_MODES = ("moco_v3", "kd")
+HEAD_LAYOUTS = ("official", "writeup")
 
 
 @dataclass(frozen=True)
 class DataConfig(Config):
-    """Section ``data``.
+    """Section ``data`` (README: Your own data).
 
-    dataset: a dataset of ``desupcon.data.DATASETS`` (its train split is pretrained on; train and
-        test are the labelled splits of the evaluation).
-    image_size: side of the square views fed to the backbone (96 for ViT-S/16 on STL-10).
+    dataset: the dataset's name, which results are grouped under: with ``source: ""`` a built-in of
+        ``desupcon.data.DATASETS`` or a folder of ``$DESUPCON_DATA`` (``desupcon.data.dataset_names``),
+        else any plain name for your images.
+    source: where pretraining reads its images (``desupcon.sources``): "" = the dataset named ``dataset``,
+        else a built-in name, a folder of images (ImageFolder layout, or flat: unlabelled) or a Hugging
+        Face dataset on disk (``save_to_disk`` or parquet), absolute or relative to ``$DESUPCON_DATA``.
+    split: the split(s) of the source pretraining reads, '+' joins them (STL-10: train, unlabeled,
+        train+unlabeled).
+    eval_source: the labelled train and test splits of the k-NN and linear probe: "" = those of
+        ``source``; else another source string.
+    image_column, label_column: the columns of a Hugging Face source ("" label column = unlabelled).
+    image_size: side of the square views fed to the backbone (96 for ViT-S/16 on STL-10), and the side
+        your own images are stored at in the prepared cache (built-ins keep their own).
     augment: view preset of ``desupcon.augment.PRESETS``: "moco" (asymmetric blur/solarise) or
         "satellite" (discrete rotations, both flips, pixel-space noise).
     """
 
-    dataset: str = checked("digits", choices=_choices_of_registry("dataset"))
+    dataset: str = checked("digits", "a plain name (letters, digits, '_', '-', '.')",
+                           lambda v: re.fullmatch(r"[\w.-]+", v) is not None)
+    source: str = ""
+    split: str = checked("train", "split names joined by '+' (e.g. train+unlabeled)",
+                         lambda v: re.fullmatch(r"[\w-]+(\+[\w-]+)*", v) is not None)
+    eval_source: str = ""
+    image_column: str = checked("image", "a column name", lambda v: v != "")
+    label_column: str = "label"
     image_size: int = checked(16, ">= 8", lambda v: v >= 8)
     augment: str = checked("moco", choices=_choices_of_registry("augment"))
 
@@ -37,6 +56,10 @@ class DataConfig(Config):
 class TrainConfig(Config):
     """Section ``train``.
 
+    training_mode: "moco_v3" (self-supervised MoCo-v3) or "kd" (the write-up's distillation of a
+        frozen timm teacher's embedding into the backbone, ``desupcon.vit_kd``; spelled as seed 000's
+        ``training_mode: "kd"``). kd reads the ``model.teacher_*`` keys and ignores momentum,
+        momentum_schedule, temperature, ``model.heads``, ``model.proj_dim`` and ``model.pred_hidden``.
     epochs: training length.
     batch_size: global images per forward (split evenly over torchrun processes).
     base_lr: AdamW lr = base_lr x effective_batch / 256, effective_batch = batch_size x accum_steps
@@ -47,13 +70,15 @@ class TrainConfig(Config):
     momentum: momentum m0 of the key encoder (0.99).
     momentum_schedule: "fixed" (m0) or "cosine" (m0 rising to 1 at the end).
     temperature: tau of the loss (0.2).
-    queue_size: negative keys kept in a FIFO queue (0 = none, pure MoCo-v3); a multiple of batch_size.
+    queue_size: negative keys kept in a FIFO queue (0 = none, pure MoCo-v3); a multiple of batch_size;
+        0 for kd (no negatives).
     amp: mixed precision on CUDA (bf16, or fp16 with a GradScaler where bf16 is unsupported).
     seed: RNG seed of the initialisation, the data order and the augmentations.
     checkpoint_every: a snapshot every this many epochs (and at the end), kept for evaluation.
     out_dir: run name: the checkpoint and log file stem.
     """
 
+    training_mode: str = checked("moco_v3", f"one of {list(TRAINING_MODES)}", lambda v: v in TRAINING_MODES)
     epochs: int = checked(20, ">= 1", lambda v: v >= 1)
     batch_size: int = checked(32, ">= 2 (the loss contrasts images within a batch)", lambda v: v >= 2)
     base_lr: float = checked(0.03, "in (0, 10] (moco-v3 ViT: 1.5e-4)", lambda v: 0 < v <= 10)
@@ -76,23 +101,43 @@ class TrainConfig(Config):
 class ModelConfig(Config):
     """Section ``model``.
 
-    backbone: "vit_small" (ViT-S/16, 3-layer projector) or "resnet18"/"resnet50" (CIFAR ResNet,
-        2-layer projector).
-    width: first-stage channels of a ResNet (64 = standard; ignored by vit_small).
-    proj_hidden: hidden width of the projector MLP (moco-v3: 4096).
-    proj_dim: output dimension of projector and predictor (256).
+    backbone: "vit_small" (torchvision ViT-S/16), "resnet18"/"resnet50" (CIFAR ResNet), or a timm
+        model name such as the write-up's ``student_name`` "vit_small_patch16_224" (timm's ViT-S/16,
+        built for ``data.image_size``) or "resnet50.tv_in1k" (timm's ImageNet ResNet-50, random init).
+    width: first-stage channels of a CIFAR ResNet (64 = standard; ignored by the others).
+    heads: layout of projector and predictor (``desupcon.moco.head_layout``): "official"
+        (facebookresearch/moco-v3 ``moco/builder.py``: ViT 3-layer projector, ResNet 2-layer; the last
+        BatchNorm without affine; the ResNet predictor has no last BatchNorm) or "writeup" (seed 001:
+        a 3-layer projector with BatchNorm after all three layers and a 2-layer predictor with
+        BatchNorm after both, affine, for every backbone). Ignored by kd.
+    proj_hidden: hidden width of the projector MLP (moco-v3: 4096; the write-up: the embed dim).
+    proj_dim: output dimension of projector and predictor (256; kd projects to the teacher's dim).
     pred_hidden: hidden width of the predictor MLP (moco-v3: 4096).
-    stop_grad_conv1: freeze the ViT patch projection at its random init (True; ignored by ResNets).
-    patch_size: ViT patch side (16; ignored by ResNets).
+    stop_grad_conv1: freeze a ViT's patch projection at its random init (True; ignored by ResNets).
+    freeze_conv1: freeze a ResNet's stem convolution ``conv1`` at its random init (seed 001's
+        ResNet counterpart of stop_grad_conv1; False; ResNets only: a ViT uses stop_grad_conv1).
+    patch_size: patch side of "vit_small" (16; a timm ViT's name carries its own; ignored by ResNets).
+    teacher_name: kd only: the frozen teacher, a timm model, e.g. "vit_small_patch14_dinov2"
+        (DINOv2 ViT-S/14); "" for moco_v3.
+    teacher_weights: kd only: the teacher's weights file (timm's or the original release's format;
+        a relative path is read from the working directory); "" = timm's pretrained weights from the
+        Hugging Face hub (needs network).
+    teacher_img_size: kd only: side the views are resized to (bicubic) before the teacher; a
+        multiple of its patch size (224 = 16 x 14 for DINOv2).
     """
 
-    backbone: str = checked("resnet18", f"one of {list(BACKBONES)}", lambda v: v in BACKBONES)
+    backbone: str = checked("resnet18", f"one of {list(BACKBONES)} or {TIMM_NAME}", is_backbone)
     width: int = checked(64, ">= 4", lambda v: v >= 4)
+    heads: str = checked("official", f"one of {list(HEAD_LAYOUTS)}", lambda v: v in HEAD_LAYOUTS)
     proj_hidden: int = checked(4096, ">= 1", lambda v: v >= 1)
     proj_dim: int = checked(256, ">= 2", lambda v: v >= 2)
     pred_hidden: int = checked(4096, ">= 1", lambda v: v >= 1)
     stop_grad_conv1: bool = True
+    freeze_conv1: bool = False
     patch_size: int = checked(16, ">= 1", lambda v: v >= 1)
+    teacher_name: str = ""
+    teacher_weights: str = ""
+    teacher_img_size: int = checked(224, ">= 1", lambda v: v >= 1)
 
 
 @dataclass(frozen=True)
@@ -116,7 +161,13 @@ class MocoConfig(Config):
 
     @property
     def dataset(self) -> str:
-        return self.data.dataset
+        """``data.dataset``, carrying the ``data`` section's source, splits, columns and side as the
+        ``desupcon.data.DataSpec`` that ``Data.load`` reads."""
+        from .data import DatasetName, DataSpec
+
+        d = self.data
+        return DatasetName(DataSpec(d.dataset, d.source, d.split, d.eval_source, d.image_column, d.label_column,
+                                    d.image_size))
 
     @property
     def seeds(self) -> tuple[int, ...]:
@@ -159,7 +210,7 @@ class MocoConfig(Config):
 
     @property
     def results_group(self) -> str:
-        return f"moco_v3_{self.data.dataset}"
+        return f"{self.train.training_mode}_{self.data.dataset}"
 
     def for_seed(self, seed: int) -> "MocoConfig":
         return self
@@ -174,8 +225,25 @@ class MocoConfig(Config):
         fail = lambda key, value, requirement: ConfigError(f"{prefix}'{key}' = {value!r} {requirement}")
         if t.warmup_epochs >= t.epochs:
             raise fail("train.warmup_epochs", t.warmup_epochs, "must be in [0, train.epochs)")
+        from .data import BUILTIN_SPLITS, dataset_names
+
+        if not d.source and d.dataset not in dataset_names():
+            raise fail("data.dataset", d.dataset, f"must be one of {dataset_names()} (built-in, or a folder of "
+                                                  f"$DESUPCON_DATA), or set data.source to where the images are")
+        builtin = d.source or d.dataset
+        if builtin in BUILTIN_SPLITS and not set(d.split.split("+")) <= set(BUILTIN_SPLITS[builtin]):
+            raise fail("data.split", d.split, f"must join splits of '{builtin}': {list(BUILTIN_SPLITS[builtin])}")
         if m.backbone == "vit_small" and d.image_size % m.patch_size:
             raise fail("model.patch_size", m.patch_size, f"must divide data.image_size = {d.image_size}")
+        if m.freeze_conv1 and is_vit(m.backbone):
+            raise fail("model.freeze_conv1", True, f"applies to ResNets only (the ViT '{m.backbone}' freezes "
+                                                   f"its patch projection by model.stop_grad_conv1): set it false")
+        if t.training_mode == "kd" and not is_timm_model(m.teacher_name):
+            raise fail("model.teacher_name", m.teacher_name, "must name the teacher of train.training_mode 'kd': a "
+                                                             "timm model such as vit_small_patch14_dinov2 (needs timm: "
+                                                             "pip install 'desupcon[kd]')")
+        if t.training_mode == "kd" and t.queue_size:
+            raise fail("train.queue_size", t.queue_size, "must be 0 for train.training_mode 'kd' (it has no negatives)")
         if t.batch_size % world_size:
             multiple = -(-t.batch_size // world_size) * world_size
             raise ConfigError(f"'train.batch_size' = {t.batch_size} is not divisible by the world size "

@@ -1,9 +1,10 @@
 """Backbones and the wrapper every student and teacher uses.
 
-CIFAR ResNets on torchvision's ResNet (``ARCHS``) and ViT-Small/16 (torchvision
-``VisionTransformer``, for MoCo-v3). ``ModelWrapper(num_classes, arch)`` returns ``(features,
-projections, logits)``: backbone features, L2-normalised projections (64-d by default) and
-classifier logits.
+CIFAR ResNets on torchvision's ResNet (``ARCHS``), ViT-Small/16 (torchvision
+``VisionTransformer``, for MoCo-v3) and any timm model by name (``timm_backbone``, for MoCo-v3 and
+its ``kd`` mode; timm is the optional extra ``desupcon[kd]``). ``ModelWrapper(num_classes, arch)``
+returns ``(features, projections, logits)``: backbone features, L2-normalised projections (64-d by
+default) and classifier logits.
 """
 
 from __future__ import annotations
@@ -118,42 +119,122 @@ def build_model(cfg, num_classes: int) -> ModelWrapper:
 
 VIT_SMALL = dict(num_layers=12, num_heads=6, hidden_dim=384, mlp_dim=1536)
 BACKBONES = ("vit_small", *ARCHS)
+TIMM_NAME = "a timm model name (e.g. vit_small_patch16_224; needs timm: pip install 'desupcon[kd]')"
+
+
+def is_timm_model(name: str) -> bool:
+    """Whether ``name`` is a timm model (``vit_small_patch16_224``, ``resnet50.tv_in1k``, ...); False without timm."""
+    try:
+        import timm
+    except ImportError:
+        return False
+    return timm.is_model(name)
+
+
+def is_backbone(name: str) -> bool:
+    """Whether ``name`` is a backbone of ``random_backbone``: one of ``BACKBONES`` or a timm model."""
+    return name in BACKBONES or is_timm_model(name)
+
+
+def is_vit(name: str) -> bool:
+    """Whether backbone ``name`` is a ViT: ``vit_small``, or a timm model whose first layer is a patch embedding."""
+    if name == "vit_small":
+        return True
+    if name in ARCHS or not is_timm_model(name):
+        return False
+    from timm.models import get_pretrained_cfg_value
+
+    return get_pretrained_cfg_value(name, "first_conv") == "patch_embed.proj"
+
+
+def timm_backbone(name: str, image_size: int, pretrained: bool = False, weights: str = "",
+                  size_field: str = "data.image_size", **arch) -> tuple[nn.Module, int]:
+    """A timm model without its classifier and its feature dimension: ``forward`` returns timm's pooled
+    features ``(B, num_features)``, the CLS token after the final norm for DINOv2 and
+    vit_small_patch16_224.
+
+    Args:
+        name: a timm model name, e.g. "vit_small_patch16_224" or "vit_small_patch14_dinov2".
+        image_size: input side; models with a fixed input size (ViTs) are built for it (``img_size``),
+            and timm resamples their position embeddings when it loads weights made at another size.
+        pretrained: load pretrained weights, from ``weights`` if given, else from the Hugging Face hub
+            (default: False, a random initialisation).
+        weights: a local weights file in timm's or the original release's format (default: "").
+        size_field: the config field that set ``image_size``, named in the error if a ViT's patch size
+            does not divide it (default: "data.image_size").
+        arch: architecture overrides for ``timm.create_model``, e.g. ``depth=1`` in tests (default: none).
+    """
+    import timm
+    from timm.models import get_pretrained_cfg_value
+
+    if get_pretrained_cfg_value(name, "fixed_input_size"):
+        arch["img_size"] = image_size
+    overlay = {"pretrained_cfg_overlay": {"file": weights}} if weights else {}
+    model = timm.create_model(name, pretrained=pretrained, num_classes=0, **overlay, **arch)
+    if hasattr(model, "patch_embed") and image_size % model.patch_embed.patch_size[0]:
+        patch = model.patch_embed.patch_size[0]
+        lower = max(patch, image_size // patch * patch)
+        raise ValueError(f"'{size_field}' = {image_size} is not a multiple of {name}'s patch size {patch}: "
+                         f"choose e.g. {lower} or {lower + patch}")
+    return model, model.num_features
 
 
 def freeze_patch_projection(vit: nn.Module) -> list[str]:
-    """Freeze the ViT patch projection (``conv_proj``) at its current weights; return the names frozen.
+    """Freeze the ViT patch projection at its current weights; return the names of the parameters frozen.
 
-    Raises ``RuntimeError`` if the model has no ``conv_proj`` parameter, so a renamed layer
-    never leaves the projection silently trainable.
+    The projection is torchvision's ``conv_proj`` or timm's ``patch_embed.proj`` (the layer
+    facebookresearch/moco-v3 ``vits.py`` freezes for its stop_grad_conv1 option). Raises ``RuntimeError``
+    if the model has neither, so a renamed layer never leaves the projection silently trainable.
     """
-    frozen = [name for name, p in vit.named_parameters() if name.split(".")[0] == "conv_proj"]
-    if not frozen:
-        raise RuntimeError("ViT patch projection 'conv_proj' not found: cannot freeze it")
-    vit.conv_proj.requires_grad_(False)
-    print("✓ Froze ViT patch projection layer (conv_proj)")
-    return frozen
+    return _freeze(vit, ("conv_proj", "patch_embed.proj"), "ViT patch projection")
+
+
+def freeze_conv1(resnet: nn.Module) -> list[str]:
+    """Freeze a ResNet's stem convolution ``conv1`` at its current weights; return the parameter names frozen.
+
+    Seed 001's ResNet counterpart of the ViT patch-projection freeze ("Added ResNet conv1 freezing
+    support"). Raises ``RuntimeError`` if the model has no ``conv1``.
+    """
+    return _freeze(resnet, ("conv1",), "ResNet stem convolution")
+
+
+def _freeze(model: nn.Module, candidates: tuple[str, ...], what: str) -> list[str]:
+    """Freeze the first submodule of ``model`` named in ``candidates``; print a confirmation; return
+    the names of its parameters."""
+    modules = dict(model.named_modules())
+    name = next((c for c in candidates if c in modules), None)
+    if name is None:
+        raise RuntimeError(f"{what} {' or '.join(repr(c) for c in candidates)} not found: cannot freeze it")
+    modules[name].requires_grad_(False)
+    print(f"✓ Froze {what} layer ({name})")
+    return [f"{name}.{n}" for n, _ in modules[name].named_parameters()]
 
 
 def random_backbone(name: str, image_size: int, width: int = 64, patch_size: int = 16,
-                    **vit_arch) -> tuple[nn.Module, int]:
-    """A randomly initialised backbone of ``BACKBONES`` and its feature dimension (all layers trainable).
+                    **arch) -> tuple[nn.Module, int]:
+    """A randomly initialised backbone and its feature dimension (all layers trainable).
 
     Args:
-        name: "vit_small" (features = the CLS token) or a CIFAR ResNet of ``ARCHS``.
-        image_size: input side (a multiple of ``patch_size`` for ViT).
-        width: first-stage channels of a ResNet (ignored by ViT).
-        patch_size: ViT patch side (ignored by ResNets).
-        vit_arch: overrides of ``VIT_SMALL`` (num_layers, num_heads, hidden_dim, mlp_dim), e.g. a
-            one-layer ViT in tests (default: ViT-Small).
+        name: "vit_small" (features = the CLS token), a CIFAR ResNet of ``ARCHS``, or a timm model name
+            (``timm_backbone``; ``BACKBONES`` win, so "resnet50" is the CIFAR ResNet-50 and
+            "resnet50.tv_in1k" timm's ImageNet ResNet-50).
+        image_size: input side (a multiple of the patch size for ViTs).
+        width: first-stage channels of a CIFAR ResNet (default: 64; ignored by the others).
+        patch_size: patch side of "vit_small" (default: 16; a timm name carries its own).
+        arch: architecture overrides: of ``VIT_SMALL`` (num_layers, num_heads, hidden_dim, mlp_dim) for
+            "vit_small", or ``timm.create_model`` keywords for a timm model, e.g. a one-layer ViT in tests
+            (default: none).
     """
     if name == "vit_small":
         from torchvision.models import VisionTransformer
 
-        arch = {**VIT_SMALL, **vit_arch}
+        arch = {**VIT_SMALL, **arch}
         vit = VisionTransformer(image_size=image_size, patch_size=patch_size, **arch)
         vit.heads = nn.Identity()
         return vit, arch["hidden_dim"]
     if name in ARCHS:
         resnet = CifarResNet(name, width)
         return resnet, resnet.feature_dim
-    raise ValueError(f"unknown backbone '{name}': choose one of {list(BACKBONES)}")
+    if is_timm_model(name):
+        return timm_backbone(name, image_size, **arch)
+    raise ValueError(f"unknown backbone '{name}': choose one of {list(BACKBONES)} or {TIMM_NAME}")

@@ -16,8 +16,7 @@ import numpy as np
 import plotly.graph_objects as go
 import torch
 from matplotlib import colormaps
-from matplotlib.cm import ScalarMappable
-from matplotlib.colors import Normalize, to_hex
+from matplotlib.colors import to_hex
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from plotly.subplots import make_subplots
@@ -283,44 +282,129 @@ def plot_training_curves(logs, path, metrics=("loss", "train_acc")):
     return _save(fig, path)
 
 
-def plot_alignment_uniformity(results, path, reference=None):
-    """Alignment (x) against uniformity (y) per run, coloured by test accuracy (PNG).
+_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">", "h", "p")
+ALIGNMENT_LABEL = "alignment  E‖z − z⁺‖²  (squared distance on the unit sphere, 0–4; lower is tighter)"
+UNIFORMITY_LABEL = "uniformity  log E exp(−2‖z − z′‖²)  (nats; lower is more uniform)"
 
-    ``results`` and the optional ``reference`` (e.g. the reference (published) numbers, drawn hollow)
-    are lists of dicts with keys ``name``, ``alignment``, ``uniformity``, ``test_acc``.
-    Lower-left is better on both axes.
-    """
-    if not results:
-        raise ValueError("results must hold at least one run")
-    groups = [(results, "this repo", True)] + ([(reference, "reference (published CIFAR-100)", False)] if reference else [])
-    accuracies = [r["test_acc"] for rows, _, _ in groups for r in rows]
-    norm, cmap = Normalize(min(accuracies), max(accuracies)), colormaps["viridis"]
-    fig = Figure(figsize=(8, 6))
-    ax = fig.subplots()
-    for rows, label, filled in groups:
-        colours = cmap(norm([r["test_acc"] for r in rows]))
-        ax.scatter(
-            [r["alignment"] for r in rows],
-            [r["uniformity"] for r in rows],
-            s=60,
-            facecolors=colours if filled else "none",
-            edgecolors=colours,
-            linewidths=1.5,
-            label=label,
-        )
-        for r in rows:
-            position = (r["alignment"], r["uniformity"])
-            style = "normal" if filled else "italic"
-            ax.annotate(r["name"], position, xytext=(4, 4), textcoords="offset points", size=7, style=style)
-    fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=ax, label="test accuracy")
-    ax.set(
-        xlabel="alignment (lower is tighter)",
-        ylabel="uniformity (lower is more uniform)",
-        title="Alignment vs uniformity",
-    )
-    ax.legend()
+
+def _caption(fig, caption):
+    """The caption line under a figure: what data and profile produced it."""
+    fig.text(0.01, 0.005, caption, ha="left", va="bottom", fontsize=8, wrap=True)
+
+
+def _scatter_panel(ax, rows, title):
+    """One marker per run (its own colour and shape) and a legend entry "label (acc %)": labels never overlap."""
+    colours = _palette(min(len(rows), 20))
+    for i, r in enumerate(rows):
+        ax.scatter(r["alignment"], r["uniformity"], s=70, marker=_MARKERS[i % len(_MARKERS)],
+                   color=colours[i % len(colours)], edgecolors="black", linewidths=0.5,
+                   label=f"{r['label']} ({r['test_acc']:.1f}%)")
+    ax.set(xlabel=ALIGNMENT_LABEL, ylabel=UNIFORMITY_LABEL, title=title)
     ax.grid(alpha=0.3)
-    return _save(fig, path)
+    ax.legend(loc="upper left", bbox_to_anchor=(0.0, -0.14), fontsize=7, ncol=2, frameon=False,
+              title="run (test accuracy)", title_fontsize=8)
+
+
+def alignment_uniformity_figure(runs, caption, reference=None):
+    """Alignment (x) against uniformity (y), one marker per run; lower-left is better on both axes.
+
+    ``runs`` (and ``reference``) are lists of dicts with ``label`` (a short method label,
+    ``registry.Method.short_label``), ``alignment``, ``uniformity`` and ``test_acc``. The reference
+    (published CIFAR-100) points get their own panel, titled as such, never the axes of ``runs``:
+    their dataset and recipe differ. ``caption`` names the dataset, profile and seeds.
+    """
+    if not runs:
+        raise ValueError("runs must hold at least one run")
+    panels = [(runs, "This study")] + ([(reference, "Reference: published CIFAR-100 numbers")] if reference else [])
+    fig = Figure(figsize=(7.5 * len(panels), 7.5), layout="constrained")
+    for ax, (rows, title) in zip(fig.subplots(1, len(panels), squeeze=False)[0], panels):
+        _scatter_panel(ax, rows, title)
+    _caption(fig, caption)
+    return fig
+
+
+def plot_alignment_uniformity(runs, path, caption, reference=None):
+    """``alignment_uniformity_figure`` as a PNG."""
+    return _save(alignment_uniformity_figure(runs, caption, reference), path)
+
+
+def accuracy_interval_figure(rows, caption, baseline="SupCon", level=0.95):
+    """Each method's accuracy with its confidence interval over seeds, and its difference to ``baseline``.
+
+    ``rows`` are dicts with ``label`` and ``accs`` (test accuracy of each seed, in %). Left: the mean
+    and its Student's t interval; right: the difference to the ``baseline`` row with Welch's interval
+    (``desupcon.stats``). A run with one seed has a point and "1 seed", no bar.
+    """
+    from .stats import difference_interval, mean_interval
+
+    if not rows:
+        raise ValueError("rows must hold at least one run")
+    base = next((r for r in rows if r["label"] == baseline), None)
+    if base is None:
+        raise ValueError(f"no row is labelled '{baseline}' (the baseline of the difference panel); "
+                         f"got {[r['label'] for r in rows]}")
+    fig = Figure(figsize=(12, 1.2 + 0.45 * len(rows)), layout="constrained")
+    left, right = fig.subplots(1, 2, sharey=True)
+    y = np.arange(len(rows))[::-1]
+    pct = f"{level:.0%}"
+    for ax, interval, xlabel in (
+            (left, lambda r: mean_interval(r["accs"], level), "test accuracy (%)"),
+            (right, lambda r: difference_interval(r["accs"], base["accs"], level),
+             f"difference to {baseline} (percentage points)")):
+        for yi, r in zip(y, rows):
+            ci = interval(r)
+            ax.errorbar(ci.mean, yi, xerr=None if ci.half_width is None else ci.half_width, fmt="o", capsize=4,
+                        color="black" if r is base else "tab:blue")
+            if ci.half_width is None:
+                ax.annotate(f"{ci.n} seed", (ci.mean, yi), xytext=(6, -3), textcoords="offset points", size=7)
+        ax.set(xlabel=xlabel)
+        ax.grid(alpha=0.3, axis="x")
+    right.axvline(0, color="grey", lw=1)
+    left.set_yticks(y, [f"{r['label']} (n={len(r['accs'])})" for r in rows])
+    left.set_title(f"Mean test accuracy, {pct} CI over seeds")
+    right.set_title(f"Difference to {baseline}, {pct} Welch CI")
+    _caption(fig, caption)
+    return fig
+
+
+def plot_accuracy_intervals(rows, path, caption, baseline="SupCon", level=0.95):
+    """``accuracy_interval_figure`` as a PNG."""
+    return _save(accuracy_interval_figure(rows, caption, baseline, level), path)
+
+
+SWEEP_AXES = {"alpha": "α (pull weight)", "beta": "β (push weight)", "temperature": "τ (temperature)",
+              "hybrid_lambda": "λ (weight of SupCon in the hybrid)"}
+
+
+def sweep_figure(sweeps, caption, reference=None):
+    """Test accuracy against each swept hyperparameter, one panel per sweep, mean ± std over seeds.
+
+    ``sweeps`` maps a swept field (``alpha``, ``beta``, ``temperature``, ``hybrid_lambda``) to a list
+    of dicts ``{"value", "mean", "std"}``; ``reference`` (optional) maps the same fields to lists of
+    ``{"value", "test_acc"}``: the published CIFAR-100 numbers, drawn hollow and named as such in the
+    legend only where given (pass them only when the study's dataset is CIFAR-100).
+    """
+    if not sweeps:
+        raise ValueError("sweeps must map at least one swept field to its points")
+    fig = Figure(figsize=(4.2 * len(sweeps), 3.8), layout="constrained")
+    for ax, (field, points) in zip(np.atleast_1d(fig.subplots(1, len(sweeps))), sweeps.items()):
+        points = sorted(points, key=lambda p: p["value"])
+        ax.errorbar([p["value"] for p in points], [p["mean"] for p in points], yerr=[p["std"] for p in points],
+                    marker="o", capsize=3, label="this study")
+        if reference and reference.get(field):
+            ref = sorted(reference[field], key=lambda p: p["value"])
+            ax.plot([p["value"] for p in ref], [p["test_acc"] for p in ref], marker="s", ls="--",
+                    markerfacecolor="none", color="grey", label="reference (published CIFAR-100)")
+        ax.set(xlabel=SWEEP_AXES.get(field, field), ylabel="linear-probe test accuracy (%)", title=f"{field} sweep")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    _caption(fig, caption)
+    return fig
+
+
+def plot_sweeps(sweeps, path, caption, reference=None):
+    """``sweep_figure`` as a PNG."""
+    return _save(sweep_figure(sweeps, caption, reference), path)
 
 
 def plot_accuracy_vs_epoch(points, path, title=None):

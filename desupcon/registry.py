@@ -32,6 +32,10 @@ from .losses import crd_loss, hybrid_loss, kd_loss, lw_supcrd_loss
 
 ROLES = ("teacher", "projection", "student", "pretrain")
 
+# The two student recipes of the write-ups (004_*): the baselines and sweeps use Adam at a constant
+# lr 1e-3 without weight decay (``RunConfig``'s defaults); the memory-bank ablation adds these.
+BANK_ABLATION_RECIPE = dict(weight_decay=1e-4, schedule="cosine")  # "WD=1e-4, 50 epochs with cosine annealing"
+
 
 @dataclass(frozen=True)
 class Param:
@@ -64,6 +68,11 @@ class Method:
         uses_queue: keeps a FIFO queue of keys (default: False).
         stem: ``stem(cfg) -> str``, the run name before ``_<arch>_<dataset>`` (default: the name).
         name_suffix: appended after ``_<arch>_<dataset>`` (default: none).
+        label: ``label(cfg) -> str``, a short name for figures and tables, e.g. "LW-SupCRD α=1 β=10"
+            (default: the name).
+        ablation_stem: the write-ups' stem of this method's bank-ablation runs
+            (``<ablation_stem>_bank4096`` / ``_nobank``), used for runs under ``BANK_ABLATION_RECIPE``
+            (default: none, the method's ``stem`` in every recipe).
         defaults: config defaults where they differ from ``RunConfig``'s, i.e. the write-ups' recipe
             for this method; fields at these values are not hashed into the run name (default: none).
     """
@@ -83,20 +92,45 @@ class Method:
     uses_queue: bool = False
     stem: Optional[Callable] = None
     name_suffix: str = ""
+    label: Optional[Callable] = None
+    ablation_stem: str = ""
     defaults: dict = field(default_factory=dict)
 
     @property
     def needs_teacher(self) -> bool:
         return self.teacher_logits or self.teacher_keys
 
+    def short_label(self, cfg) -> str:
+        """``label(cfg)``, then the bank, its variant and the ablation recipe: "CRD + bank 4096 (ablation)"."""
+        text = self.label(cfg) if self.label else self.name
+        if self.role != "student":
+            return text
+        text += f" + bank {cfg.bank_k}" if cfg.bank_k else ""
+        text += ", bank pos." if cfg.bank_positives else ""
+        return text + (" (ablation)" if self.in_bank_ablation(cfg) else "")
+
+    def in_bank_ablation(self, cfg) -> bool:
+        """The run follows the write-ups' bank-ablation recipe and is named as its ablation runs were."""
+        return bool(self.ablation_stem) and all(getattr(cfg, k) == v for k, v in BANK_ABLATION_RECIPE.items())
+
     def reference_name(self, cfg) -> str:
-        """The run's name as the write-ups spelled it: ``stem``, the bank, ``_<arch>_<dataset>``, ``name_suffix``."""
-        stem = self.stem(cfg) if self.stem else self.name
+        """The run's name as the write-ups spelled it: ``stem`` (or ``ablation_stem`` and the bank), the bank,
+        ``_<arch>_<dataset>``, ``name_suffix``; ``_bankpos`` marks the same-label-positives bank variant."""
         if self.role == "pretrain":
-            return stem
-        if cfg.bank_k:
-            stem += f"_bank{cfg.bank_k}" + ("" if cfg.bank_positives else "_allneg")
+            return self.stem(cfg)
+        if self.in_bank_ablation(cfg):
+            stem = f"{self.ablation_stem}_" + (f"bank{cfg.bank_k}" if cfg.bank_k else "nobank")
+        else:
+            stem = (self.stem(cfg) if self.stem else self.name) + (f"_bank{cfg.bank_k}" if cfg.bank_k else "")
+        stem += "_bankpos" if cfg.bank_positives else ""
         return f"{stem}_{cfg.arch}_{cfg.dataset}{self.name_suffix}"
+
+    def named_fields(self, cfg) -> set[str]:
+        """The config fields ``reference_name`` spells out (the rest are hashed into the run name)."""
+        spelled = {"role", "method", "arch", "dataset", "bank_k", "bank_positives"}
+        if self.in_bank_ablation(cfg):
+            return spelled | set(BANK_ABLATION_RECIPE)
+        return spelled | set(self.hyperparameters)
 
     def defaults_for(self, cfg) -> dict:
         """Every field's default for a run of this method (``RunConfig``'s, then ``defaults``)."""
@@ -158,44 +192,74 @@ def _crd(out):
 
 def _lw_supcrd(out):
     cfg = out.cfg
+    target_probs = None  # "teacher": the teacher's p_i[y_i]
+    if cfg.adaptive_beta_source == "student":  # the student's own classifier probability of its class
+        target_probs = out.logits.detach().float().softmax(dim=1).gather(1, out.labels[:, None]).squeeze(1)
     return lw_supcrd_loss(out.student_z, out.labels, out.teacher_keys, out.key_labels,
                           out.teacher_logits.float().softmax(dim=1), alpha=cfg.alpha, beta=cfg.beta,
                           temperature=cfg.temperature, adaptive_beta=cfg.adaptive_beta,
-                          in_batch_keys=None if cfg.bank_positives else out.in_batch_keys)
+                          in_batch_keys=None if cfg.bank_positives else out.in_batch_keys,
+                          target_probs=target_probs, positives=cfg.positives)
 
 
 def _hybrid(out):
     return hybrid_loss(out.supcon(), _lw_supcrd(out), out.cfg.hybrid_lambda)
 
 
+def _number(x: float) -> str:
+    return f"{x:g}"
+
+
+def _tau(name: str, cfg) -> str:
+    return name if cfg.temperature == 0.07 else f"{name} τ={_number(cfg.temperature)}"
+
+
+def _lw_label(name: str):
+    def label(cfg):
+        text = f"{name} α={_number(cfg.alpha)} β={_number(cfg.beta)}"
+        text += "" if cfg.temperature == 0.07 else f" τ={_number(cfg.temperature)}"
+        text += "" if cfg.adaptive_beta else ", fixed β"
+        text += ", student p" if cfg.adaptive_beta_source == "student" else ""
+        return text + (", instance pos." if cfg.positives == "instance" else "")
+    return label
+
+
 def _lw_stem(prefix: str):
     def stem(cfg):
         name = f"{prefix}alpha_{cfg.alpha}_beta_{cfg.beta}_temp_{cfg.temperature}"
-        return name + ("" if cfg.adaptive_beta else "_fixedbeta")
+        name += "" if cfg.adaptive_beta else "_fixedbeta"
+        name += "_studentbeta" if cfg.adaptive_beta_source == "student" else ""
+        return name + ("_instancepos" if cfg.positives == "instance" else "")
     return stem
 
 
-_LW = ("alpha", "beta", "temperature", "adaptive_beta")
-_TEACHER_RECIPE = dict(arch="resnet50", epochs=200, optimizer="sgd", lr=0.1, weight_decay=5e-4, warmup_epochs=1)
+_LW = ("alpha", "beta", "temperature", "adaptive_beta", "adaptive_beta_source", "positives")
+_TEACHER_RECIPE = dict(arch="resnet50", epochs=200, optimizer="sgd", lr=0.1, weight_decay=5e-4, schedule="cosine",
+                       warmup_epochs=1)
 
 register(Method("ce", role="teacher", loss=_cross_entropy, augment="standard", defaults=_TEACHER_RECIPE,
-                stem=lambda cfg: "teacher"))
+                stem=lambda cfg: "teacher", label=lambda cfg: "Teacher"))
 register(Method("supcon_head", role="projection", loss=_supcon, two_views=True, trains_head=True,
                 defaults=dict(arch="resnet50", epochs=10, weight_decay=0.0), stem=lambda cfg: "teacher",
+                label=lambda cfg: "Teacher + head",
                 name_suffix="_with_projection"))
 register(Method("undistilled", role="student", loss=_cross_entropy, augment="standard",
-                stem=lambda cfg: "student_undistilled"))
+                stem=lambda cfg: "student_undistilled", label=lambda cfg: "Undistilled"))
 register(Method("supcon", role="student", loss=_supcon, two_views=True, trains_head=True, probe_head=True,
-                hyperparameters=("temperature",), stem=lambda cfg: f"student_baseline_supcon_temp_{cfg.temperature}"))
+                stem=lambda cfg: "student_baseline_supcon", label=lambda cfg: _tau("SupCon", cfg)))  # the write-ups' name; another tau is hashed
 register(Method("crd", role="student", loss=_crd, teacher_logits=True, teacher_keys=True, trains_head=True,
-                probe_head=True, uses_bank=True, hyperparameters=("temperature",),
-                stem=lambda cfg: f"student_baseline_crd_temp_{cfg.temperature}"))
+                probe_head=True, uses_bank=True, stem=lambda cfg: "student_baseline_crd", label=lambda cfg: _tau("CRD", cfg),
+                ablation_stem="student_baseline_crd"))
 register(Method("kd", role="student", loss=_kd, teacher_logits=True, augment="standard",
-                hyperparameters=("kd_temperature",), stem=lambda cfg: f"student_baseline_kd_T_{cfg.kd_temperature}"))
+                hyperparameters=("kd_temperature",), stem=lambda cfg: f"student_baseline_kd_T_{cfg.kd_temperature}",
+                label=lambda cfg: f"KD T={_number(cfg.kd_temperature)}"))
 register(Method("lw_supcrd", role="student", loss=_lw_supcrd, teacher_logits=True, teacher_keys=True,
-                trains_head=True, probe_head=True, uses_bank=True, hyperparameters=_LW, stem=_lw_stem("student_")))
+                trains_head=True, probe_head=True, uses_bank=True, hyperparameters=_LW, stem=_lw_stem("student_"),
+                label=_lw_label("LW-SupCRD"), ablation_stem="student_lwsupcrd"))
 register(Method("hybrid", role="student", loss=_hybrid, two_views=True, teacher_logits=True, teacher_keys=True,
                 trains_head=True, probe_head=True, uses_bank=True, hyperparameters=("hybrid_lambda", *_LW),
-                stem=lambda cfg: f"student_hybrid_lambda_{cfg.hybrid_lambda}_" + _lw_stem("")(cfg)))
+                stem=lambda cfg: f"student_hybrid_lambda_{cfg.hybrid_lambda}_" + _lw_stem("")(cfg),
+                label=lambda cfg: _lw_label(f"Hybrid λ={_number(cfg.hybrid_lambda)}")(cfg)))
 register(Method("moco_v3", role="pretrain", two_views=True, augment="moco", uses_queue=True,
-                hyperparameters=("temperature",), stem=lambda cfg: cfg.train.out_dir))
+                hyperparameters=("temperature",), stem=lambda cfg: cfg.train.out_dir,
+                label=lambda cfg: f"MoCo-v3 {cfg.model.backbone}"))

@@ -68,3 +68,52 @@ def hypersphere_links(names: list[str]) -> str:
     items = [f'<li><a href="{_relative(plots_dir() / f"{n}_hypersphere.html")}" target="_blank">{n}</a></li>'
              for n in names if (plots_dir() / f"{n}_hypersphere.html").exists()]
     return "<p>3D hypersphere (opens in a browser, offline):</p><ul>" + "".join(items) + "</ul>"
+
+
+def label(summary_or_config) -> str:
+    """The short method label of a run for figures and tables (``registry.Method.short_label``)."""
+    from .analysis import config_of
+    from .registry import method_of
+
+    cfg = config_of(summary_or_config)
+    return method_of(cfg).short_label(cfg)
+
+
+def caption(summaries: list[dict], extra: str = "") -> str:
+    """The caption line of a study figure: dataset, profile and seeds per run."""
+    configs = [s["config"] for s in summaries]
+    datasets = sorted({c.get("dataset") or c.get("data", {}).get("dataset") for c in configs})
+    profiles = sorted({c.get("profile", "?") for c in configs})
+    seeds = sorted({len(s["seeds"]) for s in summaries})
+    seed_text = f"{seeds[0]} seed(s) per run" if len(seeds) == 1 else f"{seeds[0]}–{seeds[-1]} seeds per run"
+    text = f"Data: {', '.join(datasets)} test split ({', '.join(profiles)} profile); {seed_text}; {len(summaries)} runs."
+    return f"{text} {extra}".strip()
+
+
+def study_points(summaries: list[dict]) -> list[dict]:
+    """``{label, test_acc, alignment, uniformity, accs}`` of each run: what the study figures draw."""
+    return [dict(label=label(s), test_acc=s["mean"]["test_acc"], alignment=s["mean"]["alignment"],
+                 uniformity=s["mean"]["uniformity"], accs=[r["test_acc"] for r in s["runs"]]) for s in summaries]
+
+
+def recorded(configs: list, results: dict) -> tuple[list[dict], list]:
+    """``(summaries of the configs that were trained, configs that were not)``, in the order given."""
+    present = [results[c.name] for c in configs if c.name in results]
+    return present, [c for c in configs if c.name not in results]
+
+
+def missing_note(missing: list) -> str:
+    """Markdown naming each run not trained yet and the notebook (or ``sweep`` command) that trains it."""
+    from .experiments import GRIDS, grid
+    from .profiles import PROFILES
+
+    if not missing:
+        return ""
+    lines = [f"**{len(missing)} run(s) not trained yet** (shown as missing, not as zeros):"]
+    for cfg in missing:
+        profile = PROFILES[cfg.profile]
+        where = next((g for g in GRIDS if cfg.name in {c.name for c in grid(g, profile)}), None)
+        how = (f"run `notebooks/{where}.ipynb` or `python -m desupcon sweep {where} --profile {cfg.profile}`"
+               if where else f"`python -m desupcon train {cfg.method} --profile {cfg.profile}`")
+        lines.append(f"- `{cfg.name}` ({label(cfg)}): {how}")
+    return "\n".join(lines)

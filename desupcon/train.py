@@ -23,12 +23,13 @@ from .models import ModelWrapper, build_model
 from .store import cached_checkpoint, checkpoint_path, content_hash, dependents, log_path, record
 
 
-def train(cfg, force_retrain: bool = False, data: Data | None = None, device=None) -> dict:
+def train(cfg, force_retrain: bool = False, data: Data | None = None, device=None, fast: bool | str = "auto") -> dict:
     """Train (or load from cache) every seed of ``cfg`` (a ``RunConfig`` or ``MocoConfig``) and return its summary.
 
     The teacher a run builds on is trained first if it is not cached. ``force_retrain`` retrains
     this run's seeds (not its teacher), then every cached run built on them. The summary: ``{"name", "role", "method", "group", "config",
     "seeds", "runs": [per-seed results], "mean": {...}, "std": {...}, "checkpoints", "logs"}``.
+    ``fast`` is ``desupcon.engine.Trainer``'s mixed-precision choice (True, False or "auto", the default).
     """
     cfg.validate()
     device = torch.device(device) if device else default_device()
@@ -37,21 +38,21 @@ def train(cfg, force_retrain: bool = False, data: Data | None = None, device=Non
     cfg.validate(num_train=len(data.train), world_size=dist.world_size())
     teacher_model, lineage = None, None
     if cfg.teacher is not None:
-        train(cfg.teacher, data=data, device=device)
+        train(cfg.teacher, data=data, device=device, fast=fast)
         teacher_model = load_model(cfg.teacher, device=device)
         lineage = {"teacher": {"run": cfg.teacher.run_name(cfg.teacher.seed),
                                "content_hash": content_hash(teacher_model.state_dict())}}
-    runs = [fit(cfg.for_seed(seed), cfg.run_name(seed), data, device, force_retrain, teacher_model, lineage)
+    runs = [fit(cfg.for_seed(seed), cfg.run_name(seed), data, device, force_retrain, teacher_model, lineage, fast)
             for seed in cfg.seeds]
     summary = summarize(cfg, runs)
     if dist.is_main():
         record(summary)
     if force_retrain:
-        _retrain_dependents(cfg, data, device)
+        _retrain_dependents(cfg, data, device, fast)
     return summary
 
 
-def _retrain_dependents(cfg, data: Data, device) -> None:
+def _retrain_dependents(cfg, data: Data, device, fast: bool | str) -> None:
     """Retrain every cached run built on a seed of ``cfg`` (its lineage names it): they used the old weights."""
     from .config import RunConfig
 
@@ -60,7 +61,7 @@ def _retrain_dependents(cfg, data: Data, device) -> None:
             dependent = RunConfig.from_dict(log["config"])
             if dist.is_main():
                 print(f"[cascade] {log['run_name']}: built on {cfg.run_name(seed)}, which was retrained; retraining it")
-            train(dependent, force_retrain=True, data=data, device=device)
+            train(dependent, force_retrain=True, data=data, device=device, fast=fast)
 
 
 def load_model(cfg, seed: int | None = None, device="cpu") -> ModelWrapper:

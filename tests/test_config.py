@@ -25,7 +25,7 @@ BAD = [  # (changes, words the message must contain)
     (dict(temperature=float("inf")), "'temperature' = inf: must be a finite number"),
     (dict(accum_steps=0), "'accum_steps' = 0: must be >= 1"),
     (dict(schedule="step"), "'schedule' = 'step': must be one of ['cosine', 'constant']"),
-    (dict(probe_epochs=0), "'probe_epochs' = 0: must be >= 1"),
+    (dict(probe_iterations=0), "'probe_iterations' = 0: must be >= 1"),
     (dict(params=(("margin", 0.3),)), "['margin'] are not hyperparameters of method 'lw_supcrd'"),
     (dict(weight_decay=-1e-4), "'weight_decay' = -0.0001: must be in [0, 1]"),
     (dict(epochs=0), "'epochs' = 0: must be >= 1"),
@@ -94,7 +94,9 @@ def test_names_are_human_readable_and_follow_the_seed():
     assert cifar.student_config("lw_supcrd").name == "student_alpha_1.0_beta_10.0_temp_0.07_resnet18_cifar100"
     assert cifar.teacher_config().name == "teacher_resnet50_cifar100"
     assert cifar.projection_config().name == "teacher_resnet50_cifar100_with_projection"
-    assert cifar.student_config("crd", bank_k=4096).name == "student_baseline_crd_temp_0.07_bank4096_resnet18_cifar100"
+    assert cifar.student_config("crd", recipe="bank_ablation", bank_k=4096).name == \
+        "student_baseline_crd_bank4096_resnet18_cifar100"
+    assert cifar.student_config("supcon").name == "student_baseline_supcon_resnet18_cifar100"  # the write-ups' file
 
 
 def _hashed(cfg) -> str:
@@ -127,11 +129,11 @@ def test_names_spell_out_the_named_hyperparameters_and_hash_the_rest():
     assert projection.unnamed_changes()["teacher"] == teacher.name  # a changed teacher renames its students
     assert projection.name != smoke.projection_config().name
     crd = smoke.student_config("crd", teacher=projection)
-    assert crd.reference_name == "student_baseline_crd_temp_0.07_resnet18_digits"
+    assert crd.reference_name == "student_baseline_crd_resnet18_digits"
     assert crd.unnamed_changes()["teacher"] == projection.name and crd.name != smoke.student_config("crd").name
     assert smoke.student_config("lw_supcrd", seeds=(1, 2)).name == smoke.student_config("lw_supcrd").name
     assert smoke.student_config("lw_supcrd", epochs=1).reference_name == smoke.student_config("lw_supcrd").reference_name
-    assert smoke.teacher_config().name == "teacher_resnet50_digits_2118a16d"  # stable across sessions (API.md)
+    assert smoke.teacher_config().name == "teacher_resnet50_digits_a9103fa1"  # stable across sessions (API.md)
 
 
 def test_run_names_follow_the_seed():
@@ -176,11 +178,11 @@ def test_override_reaches_nested_teachers_and_validates():
 
 def test_evaluation_recipe_and_results_group_come_from_the_config():
     cfg = SMOKE.student_config("lw_supcrd", epochs=3, accum_steps=2, schedule="constant")
-    assert cfg.evaluation == EvalConfig(knn_k=SMOKE.knn_k, probe_epochs=SMOKE.probe_epochs)
+    assert cfg.evaluation == EvalConfig(knn_k=SMOKE.knn_k, probe_iterations=SMOKE.probe_iterations)
     recipe = cfg.recipe
     assert (recipe.epochs, recipe.batch_size, recipe.accum_steps, recipe.schedule, recipe.lr, recipe.seed) == \
         (3, SMOKE.batch_size, 2, "constant", SMOKE.student_lr, 42)
     assert cfg.results_group == "resnet18_digits" and SMOKE.teacher_config().results_group == "resnet50_digits"
-    assert RunConfig().probe_epochs == 30
+    assert RunConfig().probe_iterations == 100
     assert cfg.views_preset == "supcon" and SMOKE.student_config("kd").views_preset == "standard"
     assert cfg.replace(augment="moco").views_preset == "moco"

@@ -46,7 +46,7 @@ CASES = {  # name: (method, config changes)
     "hybrid": ("hybrid", {}),
     "crd_bank": ("crd", {"bank_k": 64}),
     "lw_supcrd_bank": ("lw_supcrd", {"bank_k": 64}),
-    "lw_supcrd_bank_allneg": ("lw_supcrd", {"bank_k": 64, "bank_positives": False}),
+    "lw_supcrd_bank_samelabelpos": ("lw_supcrd", {"bank_k": 64, "bank_positives": True}),
     "projection": ("projection", {}),
     "undistilled": ("undistilled", {}),
     "kd": ("kd", {}),
@@ -207,7 +207,7 @@ def test_resume_gives_each_rank_its_augmentation_stream_back(ddp):
 
 MOCO_RESUME = [f"train.batch_size={BATCH}", f"train.queue_size={4 * BATCH}", "train.epochs=2", "model.width=4",
                "model.proj_hidden=32", "model.pred_hidden=32", "model.proj_dim=8", "eval.knn_k=20",
-               "eval.probe_epochs=1"]
+               "eval.probe_iterations=1"]
 
 
 class _Stopped(Exception):

@@ -1,8 +1,10 @@
 """The fast training path and the sync-free step of ``desupcon.engine.Trainer`` (CPU, seconds).
 
-* ``fast=True`` (bf16 autocast + channels_last, the CUDA default) computes the same loss and makes
-  nearly the same first Adam update as the fp32 path ``fast=False``, for lw_supcrd with a memory
-  bank, supcon and crd.
+* ``fast=True`` (bf16 autocast + channels_last, the ``fast="auto"`` default on CUDA and on CPUs with
+  AMX or AVX-512 BF16) computes the same loss and makes nearly the same first Adam update as the
+  fp32 path ``fast=False``, for lw_supcrd with a memory bank, supcon and crd.
+* ``fast="auto"`` resumes bit-identically: one epoch, a checkpoint, a second epoch in a new
+  Trainer equal two epochs straight.
 * ``Trainer.step`` never reads a tensor back to the host. On a GPU each such read (``.item()``,
   ``bool()``, ``int()``, ...) makes the host wait for the queued kernels; on the CPU nothing waits,
   so the reads are caught by patching the ``Tensor`` methods that perform them. ``step`` returns
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import io
 import sys
 
 import pytest
@@ -24,7 +27,7 @@ from tqdm import tqdm
 from desupcon import checks
 from desupcon.config import RunConfig
 from desupcon.data import Data, ImageDataset, load_splits
-from desupcon.engine import Trainer
+from desupcon.engine import Trainer, native_bf16, resolve_fast
 from desupcon.models import ModelWrapper, fold_batchnorm
 from desupcon.profiles import PROFILES
 
@@ -166,3 +169,51 @@ def test_folded_batchnorm_computes_the_same_features(arch):
         torch.testing.assert_close(folded(x), expected, rtol=1e-4, atol=1e-5 * expected.abs().max().item())
     with pytest.raises(ValueError, match="eval-mode"):
         fold_batchnorm(copy.deepcopy(net).train())
+
+
+def _assert_bitwise_equal(a, b, where: str):
+    """Tensors ``torch.equal``, containers element by element; anything else ``==``."""
+    if isinstance(a, torch.Tensor):
+        assert a.dtype == b.dtype and torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert set(a) == set(b), where
+        for key in a:
+            _assert_bitwise_equal(a[key], b[key], f"{where}[{key!r}]")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            _assert_bitwise_equal(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, f"{where}: {a!r} != {b!r}"
+
+
+def test_fast_auto_resume_is_bit_identical(data, teacher):
+    """Under fast="auto" (bf16 here if this CPU has AMX or AVX-512 BF16, else fp32), training stopped after
+    epoch 1 and resumed from its checkpoint in a new Trainer ends exactly where two epochs straight end."""
+    cfg = SMOKE.student_config("lw_supcrd", width=4, batch_size=BATCH, epochs=2, bank_k=32)
+    make = lambda: Trainer(cfg, data, CPU, teacher, fast="auto")
+    epoch = lambda t, e: {k: v for k, v in t.epoch(e, "fast_auto_resume", tqdm(disable=True)).items() if k != "seconds"}
+
+    straight = make()
+    assert straight.autocast_dtype == (torch.bfloat16 if native_bf16(CPU) else None)
+    straight_log = [epoch(straight, 0), epoch(straight, 1)]
+
+    stopped = make()
+    first = epoch(stopped, 0)
+    checkpoint = io.BytesIO()
+    torch.save(stopped.state_dict(), checkpoint)
+    checkpoint.seek(0)
+    resumed = make()
+    resumed.load_state_dict(torch.load(checkpoint, weights_only=True))
+    assert [first, epoch(resumed, 1)] == straight_log
+    _assert_bitwise_equal(resumed.state_dict(), straight.state_dict(), "state")
+
+
+def test_fast_auto_respects_the_recipe_and_overrides():
+    assert resolve_fast("auto", CPU, amp=False) == (False, "fast=auto: fp32 (the recipe's amp is off)")
+    on, line = resolve_fast("auto", CPU, amp=True)
+    assert on == native_bf16(CPU) and line.startswith("fast=auto: ")
+    assert resolve_fast(False, CPU, amp=True) == (False, "fast=off: fp32")
+    assert resolve_fast(True, CPU, amp=False)[0] is True
+    with pytest.raises(ValueError, match="fast must be True, False or 'auto'"):
+        resolve_fast("yes", CPU, amp=True)

@@ -43,14 +43,14 @@ def tiny():
 
 
 def student(**changes):
-    return SMOKE.student_config("undistilled", **{"epochs": 2, "probe_epochs": 3, **changes})
+    return SMOKE.student_config("undistilled", **{"epochs": 2, "probe_iterations": 3, **changes})
 
 
 def distilled(**changes):
     """A CRD student on a one-epoch teacher and projection head (every run of the chain is tiny)."""
-    cfg = SMOKE.student_config("crd", epochs=1, probe_epochs=2, **changes)
-    return cfg.override(["teacher.epochs=1", "teacher.teacher.epochs=1", "teacher.probe_epochs=2",
-                         "teacher.teacher.probe_epochs=2"])
+    cfg = SMOKE.student_config("crd", epochs=1, probe_iterations=2, **changes)
+    return cfg.override(["teacher.epochs=1", "teacher.teacher.epochs=1", "teacher.probe_iterations=2",
+                         "teacher.teacher.probe_iterations=2"])
 
 
 def temp_files(root: Path) -> list[Path]:
@@ -355,7 +355,7 @@ def test_an_unwritable_output_folder_is_one_line_with_exit_code_2(tiny, home, mo
     with pytest.raises(ArtefactWriteError, match=re.escape(f"cannot write {checkpoint_path(cfg.run_name(28))} "
                                                             f"(Permission denied): ")):
         train(cfg, data=tiny)
-    assert main(["train", "undistilled", "--profile", "smoke", "--set", "epochs=1", "probe_epochs=1"]) == 2
+    assert main(["train", "undistilled", "--profile", "smoke", "--set", "epochs=1", "probe_iterations=1"]) == 2
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]  # not tqdm's
     assert len(errors) == 1 and errors[0].startswith("error: cannot write ") and "(Permission denied)" in errors[0]
 

@@ -37,25 +37,29 @@ def naive_crd(z_s, z_t, tau):
 
 
 def naive_lw_supcrd(z_s, labels_s, z_t, labels_t, teacher_probs, alpha, beta, tau, adaptive,
-                    in_batch_keys=None):
+                    in_batch_keys=None, target_probs=None, positives="class"):
     s, t, p = z_s.tolist(), z_t.tolist(), teacher_probs.tolist()
     ys, yt = labels_s.tolist(), labels_t.tolist()
+    q = [p[i][ys[i]] for i in range(len(s))] if target_probs is None else target_probs.tolist()
     limit = len(t) if in_batch_keys is None else in_batch_keys
     losses = []
     for i in range(len(s)):
         y = ys[i]
-        positives = [j for j in range(len(t)) if yt[j] == y and j < limit]
-        negatives = [k for k in range(len(t)) if k not in positives]
-        if not positives:
+        if positives == "instance":
+            positives_i = [i]
+        else:
+            positives_i = [j for j in range(len(t)) if yt[j] == y and j < limit]
+        negatives = [k for k in range(len(t)) if k not in positives_i]
+        if not positives_i:
             continue
         w_pull = alpha * p[i][y]
-        beta_eff = beta / (p[i][y] + 0.5) if adaptive else beta
+        beta_eff = beta / (q[i] + 0.5) if adaptive else beta
         push = sum(beta_eff * (1 - p[i][yt[k]]) * math.exp(dot(s[i], t[k]) / tau) for k in negatives)
         total = 0.0
-        for j in positives:
+        for j in positives_i:
             pull = w_pull * math.exp(dot(s[i], t[j]) / tau)
             total += math.log(pull / (pull + push))
-        losses.append(-total / len(positives) / alpha)
+        losses.append(-total / len(positives_i) / alpha)
     return sum(losses) / len(losses) if losses else 0.0
 
 
@@ -267,6 +271,34 @@ def test_losses_run_in_float32_under_autocast(loss):
 Z, Y, P, ONE = unit(4, 3), torch.tensor([0, 1, 0, 1]), probs(4, 2), torch.tensor(1.0)
 
 
+def test_lw_supcrd_target_probs_replace_the_teacher_probability_in_the_adaptive_beta_only():
+    labels_s = torch.tensor([0, 1, 2, 0, 1, 2, 3, 0])
+    labels_t = torch.cat([labels_s, torch.tensor([1, 3, 0])])
+    z_s, z_t, p = unit(8, 5, seed=12), unit(11, 5, seed=13), probs(8, 4, seed=14)
+    q = torch.rand(8, generator=torch.Generator().manual_seed(15), dtype=torch.float64)
+    loss = lw_supcrd_loss(z_s, labels_s, z_t, labels_t, p, beta=5.0, temperature=0.1, target_probs=q)
+    expected = naive_lw_supcrd(z_s, labels_s, z_t, labels_t, p, 1.0, 5.0, 0.1, True, target_probs=q)
+    assert loss.item() == pytest.approx(expected, rel=1e-10)
+    assert expected != pytest.approx(naive_lw_supcrd(z_s, labels_s, z_t, labels_t, p, 1.0, 5.0, 0.1, True), rel=1e-3)
+    own = p.gather(1, labels_s[:, None]).squeeze(1)  # the default is the teacher's own p_i[y_i]
+    assert lw_supcrd_loss(z_s, labels_s, z_t, labels_t, p, beta=5.0, temperature=0.1, target_probs=own).item() == \
+        pytest.approx(lw_supcrd_loss(z_s, labels_s, z_t, labels_t, p, beta=5.0, temperature=0.1).item(), rel=1e-12)
+    fixed = dict(beta=5.0, temperature=0.1, adaptive_beta=False)  # without the adaptive beta q is unused
+    assert lw_supcrd_loss(z_s, labels_s, z_t, labels_t, p, target_probs=q, **fixed).item() == \
+        pytest.approx(lw_supcrd_loss(z_s, labels_s, z_t, labels_t, p, **fixed).item(), rel=1e-12)
+
+
+@pytest.mark.parametrize("extra_keys", [0, 3])
+def test_lw_supcrd_instance_positives_are_only_the_same_image_s_key(extra_keys):
+    labels_s = torch.tensor([0, 1, 2, 0, 1, 2, 3, 0])
+    labels_t = torch.cat([labels_s, torch.tensor([1, 3, 0])[:extra_keys]])
+    z_s, z_t, p = unit(8, 5, seed=16), unit(8 + extra_keys, 5, seed=17), probs(8, 4, seed=18)
+    loss = lw_supcrd_loss(z_s, labels_s, z_t, labels_t, p, alpha=2.0, temperature=0.1, positives="instance")
+    expected = naive_lw_supcrd(z_s, labels_s, z_t, labels_t, p, 2.0, 10.0, 0.1, True, positives="instance")
+    assert loss.item() == pytest.approx(expected, rel=1e-10)
+    assert expected != pytest.approx(naive_lw_supcrd(z_s, labels_s, z_t, labels_t, p, 2.0, 10.0, 0.1, True), rel=1e-3)
+
+
 @pytest.mark.parametrize(
     "call, match",
     [
@@ -285,6 +317,9 @@ Z, Y, P, ONE = unit(4, 3), torch.tensor([0, 1, 0, 1]), probs(4, 2), torch.tensor
         (lambda: lw_supcrd_loss(Z, Y, Z, Y, P, alpha=0), r"alpha must be > 0"),
         (lambda: lw_supcrd_loss(Z, Y, Z, Y, P, beta=-1), r"beta must be >= 0"),
         (lambda: lw_supcrd_loss(Z, Y, Z, Y, P, in_batch_keys=5), r"in_batch_keys must lie in \[0, M=4\]"),
+        (lambda: lw_supcrd_loss(Z, Y, Z, Y, P, positives="label"), r"positives must be 'class' or 'instance'"),
+        (lambda: lw_supcrd_loss(Z, Y, Z[:3], Y[:3], P, positives="instance"), r"needs M >= N rows, got M=3 < N=4"),
+        (lambda: lw_supcrd_loss(Z, Y, Z, Y, P, target_probs=P[:, 0][:3]), r"target_probs has N=3"),
         (lambda: hybrid_loss(ONE, ONE, lam=1.5), r"lam must lie in \[0, 1\]"),
         (lambda: hybrid_loss(ONE, ONE, lam=-0.1), r"lam must lie in \[0, 1\]"),
         (lambda: kd_loss(P, probs(4, 3)), r"teacher_logits has C=3 .* but student_logits has C=2"),

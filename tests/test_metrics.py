@@ -6,8 +6,11 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
-from desupcon.metrics import alignment, class_distances, representation_metrics, uniformity
+from desupcon import metrics
+from desupcon.metrics import alignment, class_distances, representation_metrics, rows_per_block, uniformity
 
 
 def _sphere(n, d, seed=0):
@@ -82,7 +85,7 @@ def test_uniformity_keeps_gradients():
     assert torch.isfinite(x.grad).all()
 
 
-@pytest.mark.parametrize("batch_size", [7, 4096])
+@pytest.mark.parametrize("batch_size", [1, 7, 49, 50, 4096, None])
 def test_class_distances_match_naive_loops(batch_size):
     x = _sphere(50, 6, seed=4)
     labels = torch.randint(0, 5, (50,), generator=torch.Generator().manual_seed(0))
@@ -91,6 +94,22 @@ def test_class_distances_match_naive_loops(batch_size):
     assert result["intra_class"].item() == pytest.approx(intra, rel=1e-5)
     assert result["inter_class"].item() == pytest.approx(inter, rel=1e-5)
     assert result["separation_ratio"].item() == pytest.approx(ratio, rel=1e-5)
+
+
+def test_uniformity_gradient_equals_the_full_matrix_gradient():
+    x = _sphere(40, 6, seed=9).double()
+    blocked, direct = x.clone().requires_grad_(), x.clone().requires_grad_()
+    uniformity(blocked, batch_size=7).backward()
+    _direct_uniformity(direct).backward()
+    assert torch.allclose(blocked.grad, direct.grad, atol=1e-12)
+    assert blocked.grad.abs().max() > 1e-3
+
+
+def test_uniformity_of_far_apart_points_does_not_underflow():
+    x = 10 * torch.randn(30, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    value = uniformity(x, batch_size=4)
+    assert value.item() < -50  # every exp(−t‖x_i − x_j‖²) underflows to 0 in float64 without the max shift
+    assert value.item() == pytest.approx(_direct_uniformity(x).item(), rel=1e-9)
 
 
 def test_class_distances_separate_well_clustered_classes():
@@ -118,6 +137,53 @@ def test_representation_metrics_normalises_inputs():
     assert representation_metrics(3 * z1, 0.5 * z2, labels) == pytest.approx(expected)
 
 
+@pytest.mark.parametrize("n_cols, bytes_per_entry, budget", [(10_000, 5, 64 * 2**20), (3000, 6, 2**20), (7, 4, 100)])
+def test_rows_per_block_fit_the_budget(n_cols, bytes_per_entry, budget):
+    rows = rows_per_block(n_cols, bytes_per_entry, budget)
+    assert rows * n_cols * bytes_per_entry <= budget < (rows + 1) * n_cols * bytes_per_entry
+
+
+def test_rows_per_block_defaults_to_the_module_budget_and_keeps_one_row(monkeypatch):
+    monkeypatch.setattr(metrics, "BLOCK_BYTES", 1000)
+    assert rows_per_block(10, 4) == 25
+    assert rows_per_block(10_000, 4) == 1  # a row larger than the budget still makes progress
+
+
+class _LargestTensor(TorchDispatchMode):
+    """Records the bytes of the largest tensor any torch operation returns while the mode is active."""
+
+    def __init__(self):
+        super().__init__()
+        self.bytes = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        sizes = [t.numel() * t.element_size() for t in tree_leaves(out) if isinstance(t, torch.Tensor)]
+        self.bytes = max([self.bytes, *sizes])
+        return out
+
+
+def test_pairwise_metrics_stay_within_the_block_budget(monkeypatch):
+    """Under a 1 MiB budget no tensor reaches that size (the N x N float32 matrix would be 36 MB), and
+    the results equal float64 references from the full distance matrix."""
+    x = _sphere(3000, 8, seed=10)
+    labels = torch.randint(0, 20, (3000,), generator=torch.Generator().manual_seed(1))
+    dist = torch.cdist(x.double(), x.double())  # (N, N)
+    pair = torch.ones_like(dist, dtype=torch.bool).triu_(1)
+    same = labels[:, None] == labels[None, :]
+    expected_uniformity = torch.exp(-2 * dist[pair] ** 2).mean().log().item()
+    expected_intra, expected_inter = dist[pair & same].mean().item(), dist[pair & ~same].mean().item()
+    budget = 2**20
+    monkeypatch.setattr(metrics, "BLOCK_BYTES", budget)
+    with _LargestTensor() as largest:
+        value = uniformity(x)
+        distances = class_distances(x, labels)
+    assert largest.bytes <= budget
+    assert value.item() == pytest.approx(expected_uniformity, abs=1e-5)
+    assert distances["intra_class"].item() == pytest.approx(expected_intra, rel=1e-5)
+    assert distances["inter_class"].item() == pytest.approx(expected_inter, rel=1e-5)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_metrics_run_on_the_input_device():
     x, labels = _sphere(300, 16).cuda(), (torch.arange(300) % 7).cuda()
@@ -135,6 +201,8 @@ def test_metrics_run_on_the_input_device():
         (lambda: alignment(torch.zeros(4), torch.zeros(4)), "x must"),
         (lambda: uniformity(torch.zeros(1, 3)), "x needs"),
         (lambda: uniformity(torch.zeros(4, 3), batch_size=0), "batch_size"),
+        (lambda: class_distances(torch.zeros(4, 3), torch.arange(4) % 2, batch_size=0), "batch_size"),
+        (lambda: rows_per_block(0, 4), "n_cols"),
         (lambda: uniformity(torch.zeros(4, 3), t=0), "t must"),
         (lambda: class_distances(torch.zeros(4, 3), torch.zeros(5)), "labels must have shape"),
         (lambda: class_distances(torch.randn(4, 3), torch.arange(4)), "labels must contain"),

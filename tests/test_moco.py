@@ -12,7 +12,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import yaml
 
-from desupcon import moco
+from desupcon import memory, moco
 from desupcon.config import ConfigError, EvalConfig
 from desupcon import store
 from desupcon.store import CHECKPOINT_FORMAT, StaleRunError, load_checkpoint, output_root
@@ -100,19 +100,39 @@ def test_missing_patch_projection_raises(monkeypatch):
     monkeypatch.setattr(moco, "random_backbone",
                         lambda name, size, width, patch, **arch: (nn.Sequential(nn.Linear(3, 8)), 8))
     cfg = dataclasses.replace(smoke_config().model, backbone="vit_small")
-    with pytest.raises(RuntimeError, match="ViT patch projection 'conv_proj' not found: cannot freeze it"):
+    with pytest.raises(RuntimeError, match="ViT patch projection 'conv_proj' or 'patch_embed.proj' not found: "
+                                           "cannot freeze it"):
         moco.build_backbone(cfg, 32)
 
 
-@pytest.mark.parametrize("backbone,proj_layers", [("resnet18", 2), ("vit_small", 3)])
-def test_projector_and_predictor_layers(backbone, proj_layers):
-    model = tiny_model() if backbone == "resnet18" else tiny_vit_model()
-    block = [nn.Linear, nn.BatchNorm1d, nn.ReLU]
-    for head, layers in ((model.base_encoder.projector, proj_layers), (model.predictor, 2)):
-        expected = block * (layers - 1) + [nn.Linear, nn.BatchNorm1d]
-        assert [type(m) for m in head] == expected
-        assert all(m.bias is None for m in head if isinstance(m, nn.Linear))
-        assert [m.affine for m in head if isinstance(m, nn.BatchNorm1d)] == [True] * (layers - 1) + [False]
+def test_resnet_conv1_stays_frozen_after_optimizer_steps(capsys):
+    model = tiny_model("model.freeze_conv1=true")
+    assert "✓ Froze ResNet stem convolution layer (conv1)" in capsys.readouterr().out
+    backbone = model.base_encoder.backbone
+    frozen, others = backbone.conv1.weight.clone(), backbone.layer1[0].conv1.weight.clone()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2, weight_decay=0.1)
+    for _ in range(3):
+        loss = model(*views(), m=0.99)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert not backbone.conv1.weight.requires_grad and backbone.conv1.weight.grad is None
+    assert torch.equal(backbone.conv1.weight, frozen)
+    assert not torch.equal(backbone.layer1[0].conv1.weight, others)
+    assert all(p.requires_grad for name, p in backbone.named_parameters() if not name.startswith("conv1."))
+    assert tiny_model().base_encoder.backbone.conv1.weight.requires_grad  # off by default
+
+
+def test_freeze_conv1_is_for_resnets_and_needs_a_conv1(monkeypatch):
+    with pytest.raises(ConfigError, match=r"'model.freeze_conv1' = True applies to ResNets only \(the ViT "
+                                          r"'vit_small' freezes its patch projection by model.stop_grad_conv1\): "
+                                          r"set it false"):
+        smoke_config("model.backbone=vit_small", "model.freeze_conv1=true")
+    monkeypatch.setattr(moco, "random_backbone",
+                        lambda name, size, width, patch, **arch: (nn.Sequential(nn.Linear(3, 8)), 8))
+    cfg = dataclasses.replace(smoke_config().model, freeze_conv1=True)
+    with pytest.raises(RuntimeError, match="ResNet stem convolution 'conv1' not found: cannot freeze it"):
+        moco.build_backbone(cfg, 32)
 
 
 def test_symmetric_loss_equals_a_direct_cross_entropy():
@@ -152,12 +172,14 @@ def test_momentum_schedule():
     assert moco.momentum_at(100, 100, 0.99, "cosine") == pytest.approx(1.0)
 
 
-def test_vram_estimate_is_positive_and_grows_with_the_batch():
-    sizes = [moco.estimate_vram_gb(smoke_config(f"train.batch_size={b}", "train.queue_size=0"))
-             for b in (32, 64, 128)]
+def test_measured_gpu_memory_grows_with_the_batch_and_vit_small_fits_a_card():
+    sizes = [memory.measure_step(smoke_config("train.queue_size=0"), b).peak for b in (8, 16, 32)]
     assert 0 < sizes[0] < sizes[1] < sizes[2]
+    line = memory.announce_line(smoke_config())  # what MoCoTask.announce prints: a trace at the per-process batch
+    assert line.startswith("GPU memory per process: ") and "at 32 images per forward" in line
+    assert "traced on a fake CPU device in fp32" in line  # the smoke config's amp is off
     vit = moco.load_config(CONFIGS / "moco_v3_vit_small_stl10.yaml")
-    assert 1 < moco.estimate_vram_gb(vit) < 40
+    assert 1 < memory.measure_step(vit, 256).peak / memory.GIB < 40
 
 
 # --- config and bad input ------------------------------------------------------------------------
@@ -168,13 +190,33 @@ def test_every_shipped_config_loads():
         assert cfg.train.queue_size % cfg.train.batch_size == 0, path
 
 
+def test_writeup_configs_hold_the_seeds_values():
+    """Seed 000's training config (lr 0.0005 at batch 256) and seed 001's low-VRAM recipe (ResNet-50,
+    64 per GPU x 2 GPUs x accumulation 4 = 512 at lr 3e-4, 300 epochs, a queue), as AdamW's lr."""
+    vit = moco.load_config(CONFIGS / "moco_v3_vit_small_writeup.yaml")
+    t, m = vit.train, vit.model
+    assert (t.batch_size * t.accum_steps, t.epochs, t.weight_decay, t.warmup_epochs) == (256, 100, 0.05, 10)
+    assert vit.lr == 5e-4
+    assert (t.queue_size, t.momentum, t.momentum_schedule, t.temperature) == (65536, 0.99, "fixed", 0.2)
+    assert (m.backbone, vit.data.image_size, m.heads, m.proj_hidden, m.proj_dim) == \
+           ("vit_small_patch16_224", 96, "writeup", 384, 256)
+    low = moco.load_config(CONFIGS / "moco_v3_resnet50_low_vram.yaml")
+    per_gpu, accum = low.train.batch_size // 2, low.train.accum_steps  # global batch over the write-up's 2 GPUs
+    assert (per_gpu, accum, per_gpu * 2 * accum) == (64, 4, 512)
+    assert low.lr == pytest.approx(3e-4, rel=1e-12) and low.train.epochs == 300 and low.train.queue_size > 0
+    assert low.model.backbone.startswith("resnet50") and low.model.heads == "writeup" and low.model.freeze_conv1
+    official = moco.load_config(CONFIGS / "moco_v3_vit_small_stl10.yaml")
+    assert (official.train.base_lr, official.train.weight_decay, official.model.heads) == (1.5e-4, 0.1, "official")
+
+
 def test_overrides_are_typed_by_the_field():
     cfg = smoke_config("train.epochs=3", "train.base_lr=1e-3", "train.amp=true", "data.augment=satellite")
     assert (cfg.train.epochs, cfg.train.base_lr, cfg.train.amp, cfg.data.augment) == (3, 1e-3, True, "satellite")
     with pytest.raises(ConfigError,
                        match=r"override 'train.epochs=ten': 'train.epochs' must be an int, got 'ten'"):
         smoke_config("train.epochs=ten")
-    with pytest.raises(ConfigError, match=r"override 'train.lr=1': unknown key 'train.lr'; valid keys: \['train.epochs', "):
+    with pytest.raises(ConfigError, match=r"override 'train.lr=1': unknown key 'train.lr'; "
+                                          r"valid keys: \['train.training_mode', 'train.epochs', "):
         smoke_config("train.lr=1")
     with pytest.raises(ConfigError, match=r"override 'train.epochs': expected KEY=VALUE"):
         smoke_config("train.epochs")
@@ -198,14 +240,14 @@ def test_missing_and_unknown_yaml_keys(tmp_path):
     path = write_yaml(tmp_path, lambda raw: raw.pop("eval"))  # every MoCo-v3 YAML has an eval section
     with pytest.raises(ConfigError, match=re.escape(f"{path}: missing section 'eval'")):
         moco.load_config(path)
-    path = write_yaml(tmp_path, lambda raw: raw["eval"].pop("probe_epochs"))
-    with pytest.raises(ConfigError, match=re.escape(f"{path}: missing key 'eval.probe_epochs'")):
+    path = write_yaml(tmp_path, lambda raw: raw["eval"].pop("probe_iterations"))
+    with pytest.raises(ConfigError, match=re.escape(f"{path}: missing key 'eval.probe_iterations'")):
         moco.load_config(path)
     path = write_yaml(tmp_path, lambda raw: raw["train"].update(lr=0.1))
     with pytest.raises(ConfigError, match=re.escape(f"{path}: unknown key 'train.lr'")):
         moco.load_config(path)
-    path = write_yaml(tmp_path, lambda raw: raw["eval"].update(knn_k=7, knn_temperature=0.5, probe_epochs=3))
-    assert moco.load_config(path).evaluation == EvalConfig(knn_k=7, knn_temperature=0.5, probe_epochs=3)
+    path = write_yaml(tmp_path, lambda raw: raw["eval"].update(knn_k=7, knn_temperature=0.5, probe_iterations=3))
+    assert moco.load_config(path).evaluation == EvalConfig(knn_k=7, knn_temperature=0.5, probe_iterations=3)
 
 
 def test_bad_values_name_the_key():

@@ -69,14 +69,58 @@ def test_plot_training_curves_writes_png(tmp_path):
     _assert_png(plot_training_curves({"supcon": log(1)}, tmp_path / "lr.png", metrics=("lr",)))
 
 
-def test_plot_alignment_uniformity_with_reference(tmp_path):
-    results = [
-        {"name": "lw_supcrd", "alignment": 0.83, "uniformity": -3.5, "test_acc": 75.6},
-        {"name": "supcon", "alignment": 0.44, "uniformity": -2.6, "test_acc": 69.1},
-    ]
-    reference = [{"name": "LW-SupCRD + Bank", "alignment": 0.8336, "uniformity": -3.5073, "test_acc": 75.63}]
-    _assert_png(plot_alignment_uniformity(results, tmp_path / "au.png", reference=reference))
-    _assert_png(plot_alignment_uniformity(results[:1], tmp_path / "au_single.png"))
+RUNS = [dict(label="LW-SupCRD α=1 β=10", alignment=0.83, uniformity=-3.5, test_acc=75.6, accs=[75.0, 76.2, 75.6]),
+        dict(label="SupCon", alignment=0.44, uniformity=-2.6, test_acc=69.1, accs=[69.0, 69.5, 68.8]),
+        dict(label="CRD + bank 512 (ablation)", alignment=0.45, uniformity=-2.61, test_acc=68.0, accs=[68.0])]
+
+
+def _legend_texts(ax):
+    return [t.get_text() for t in ax.get_legend().get_texts()]
+
+
+def test_alignment_uniformity_figure_puts_the_reference_in_its_own_titled_panel(tmp_path):
+    reference = [dict(label="LW-SupCRD α=1 β=10", alignment=1.199, uniformity=-3.7104, test_acc=73.35)]
+    fig = plots.alignment_uniformity_figure(RUNS, "Data: digits test split (smoke profile); 1 seed(s) per run",
+                                            reference=reference)
+    ours, theirs = fig.axes
+    assert ours.get_title() == "This study" and theirs.get_title() == "Reference: published CIFAR-100 numbers"
+    assert _legend_texts(ours) == ["LW-SupCRD α=1 β=10 (75.6%)", "SupCon (69.1%)", "CRD + bank 512 (ablation) (68.0%)"]
+    assert _legend_texts(theirs) == ["LW-SupCRD α=1 β=10 (73.3%)"]
+    assert [len(c.get_offsets()) for c in ours.collections] == [1, 1, 1]  # one marker per run, no text on the axes
+    assert not ours.texts and len(theirs.collections) == 1
+    assert {tuple(c.get_offsets()[0]) for c in theirs.collections} == {(1.199, -3.7104)}
+    assert "squared distance" in ours.get_xlabel() and "nats" in ours.get_ylabel()
+    assert [t.get_text() for t in fig.texts] == ["Data: digits test split (smoke profile); 1 seed(s) per run"]
+    markers = {(c.get_paths()[0].vertices.tobytes(), tuple(c.get_facecolor()[0])) for c in ours.collections}
+    assert len(markers) == 3  # distinct marker and colour per run
+    alone = plots.alignment_uniformity_figure(RUNS[:1], "caption")
+    assert len(alone.axes) == 1 and alone.axes[0].get_title() == "This study"
+    _assert_png(plot_alignment_uniformity(RUNS, tmp_path / "au.png", "caption", reference=reference))
+
+
+def test_accuracy_interval_figure_draws_student_t_and_welch_intervals():
+    from scipy import stats
+
+    fig = plots.accuracy_interval_figure(RUNS, "Data: digits (smoke profile)")
+    left, right = fig.axes
+    assert [t.get_text() for t in left.get_yticklabels()] == [
+        "LW-SupCRD α=1 β=10 (n=3)", "SupCon (n=3)", "CRD + bank 512 (ablation) (n=1)"]
+    assert "95% CI" in left.get_title() and right.get_title() == "Difference to SupCon, 95% Welch CI"
+    assert right.get_xlabel() == "difference to SupCon (percentage points)"
+    bars = [c for c in left.containers]
+    lw = bars[0]
+    (x, _), = lw.lines[0].get_xydata()
+    assert x == pytest.approx(np.mean(RUNS[0]["accs"]))
+    low, high = stats.t.interval(0.95, 2, loc=np.mean(RUNS[0]["accs"]), scale=stats.sem(RUNS[0]["accs"]))
+    segment = lw.lines[2][0].get_segments()[0]
+    assert segment[:, 0] == pytest.approx([low, high])
+    welch = stats.ttest_ind(RUNS[0]["accs"], RUNS[1]["accs"], equal_var=False).confidence_interval(0.95)
+    diff_segment = right.containers[0].lines[2][0].get_segments()[0]
+    assert diff_segment[:, 0] == pytest.approx([welch.low, welch.high])
+    one_seed = [t.get_text() for t in left.texts]
+    assert one_seed == ["1 seed"]  # the single-seed run gets no bar
+    with pytest.raises(ValueError, match="no row is labelled 'SupCon'"):
+        plots.accuracy_interval_figure([RUNS[0]], "caption")
 
 
 def test_plot_accuracy_vs_epoch_skips_missing_values(tmp_path, monkeypatch):
@@ -154,7 +198,7 @@ def test_hypersphere_html_is_offline_small_and_shares_plotly_js(tmp_path):
         (lambda p: plot_hypersphere(np.zeros((10, 2)), np.zeros(10), p / "h.html"), "dimensions"),
         (lambda p: plot_alignment(np.ones((9, 4)), np.ones((9, 5)), np.zeros(9), p / "a.png"), "z1 and z2"),
         (lambda p: plot_training_curves({"run": [{"epoch": 1}]}, p / "c.png"), "metric 'loss'"),
-        (lambda p: plot_alignment_uniformity([], p / "au.png"), "results"),
+        (lambda p: plot_alignment_uniformity([], p / "au.png", "caption"), "runs"),
         (lambda p: plot_accuracy_vs_epoch([], p / "acc.png"), "points"),
     ],
 )
@@ -174,3 +218,19 @@ def test_tsne_draws_classes_sampled_with_its_seed_not_the_first_ids(tmp_path, mo
     drawn = [[c.get_label() for c in fig.axes[0].collections] for fig in saved]
     assert len(drawn[0]) == 20 and drawn[0] == drawn[1]  # 20 classes, the same ones for the same seed
     assert drawn[0] != [str(c) for c in range(20)] and drawn[2] != drawn[0]  # not the first ids; seed-dependent
+
+
+def test_sweep_figure_has_one_titled_panel_per_sweep_with_units_and_a_caption():
+    sweeps = {"alpha": [dict(value=5.0, mean=80.0, std=1.0), dict(value=1.0, mean=85.0, std=0.5)],
+              "temperature": [dict(value=0.05, mean=82.0, std=0.0), dict(value=0.07, mean=85.0, std=0.0)]}
+    fig = plots.sweep_figure(sweeps, "Data: digits test split (smoke profile)")
+    alpha, tau = fig.axes
+    assert [alpha.get_title(), tau.get_title()] == ["alpha sweep", "temperature sweep"]
+    assert alpha.get_xlabel() == "α (pull weight)" and alpha.get_ylabel() == "linear-probe test accuracy (%)"
+    (line,) = alpha.get_lines()[:1]
+    assert list(line.get_xdata()) == [1.0, 5.0] and list(line.get_ydata()) == [85.0, 80.0]  # sorted by value
+    assert [t.get_text() for t in alpha.get_legend().get_texts()] == ["this study"]  # no reference unless given
+    with_ref = plots.sweep_figure(sweeps, "c", reference={"alpha": [dict(value=1.0, test_acc=73.19)]})
+    assert sorted(t.get_text() for t in with_ref.axes[0].get_legend().get_texts()) == [
+        "reference (published CIFAR-100)", "this study"]
+    assert [t.get_text() for t in fig.texts] == ["Data: digits test split (smoke profile)"]

@@ -169,9 +169,11 @@ def test_each_student_method_gets_what_its_record_asks_for(method):
     else:
         with pytest.raises(ConfigError, match="a memory bank is used only by crd, lw_supcrd, hybrid students"):
             SMOKE.student_config(method, bank_k=64)
+    switches = {"positives": "instance", "adaptive_beta_source": "student"}  # the non-default choice
     for field in m.hyperparameters:  # the name spells each named hyperparameter
         value = getattr(cfg, field)
-        other = cfg.replace(**{field: (not value) if isinstance(value, bool) else value / 2})
+        other = cfg.replace(**{field: switches[field] if field in switches else
+                               (not value) if isinstance(value, bool) else value / 2})
         assert other.reference_name != cfg.reference_name and field not in other.unnamed_changes(), field
     hashed = "kd_weight" if m.name != "kd" else "alpha"
     assert cfg.replace(**{hashed: 0.25}).reference_name == cfg.reference_name  # what is not named is hashed
@@ -207,22 +209,29 @@ def test_register_refuses_an_incomplete_record():
 
 def test_the_cifar100_recipe_has_the_write_ups_names():
     """Every run of the reference results, built from the cifar100 profile, has exactly its name (no hash)."""
-    configs = [CIFAR.teacher_config(), CIFAR.student_config("undistilled"), CIFAR.student_config("supcon"),
-               CIFAR.student_config("crd"), CIFAR.student_config("crd", bank_k=CIFAR.bank_k)]
+    configs = [CIFAR.teacher_config(), CIFAR.projection_config(), CIFAR.student_config("undistilled"),
+               CIFAR.student_config("supcon"), CIFAR.student_config("crd")]
     configs += [CIFAR.student_config("lw_supcrd", **change) for change in (
-        {}, dict(bank_k=CIFAR.bank_k), dict(alpha=2.0), dict(alpha=5.0), dict(alpha=10.0), dict(beta=1.0),
+        {}, dict(alpha=2.0), dict(alpha=5.0), dict(alpha=10.0), dict(beta=1.0),
         dict(beta=5.0), dict(beta=12.0), dict(temperature=0.05))]
     configs += [CIFAR.student_config("hybrid", hybrid_lambda=lam) for lam in CIFAR.hybrid_lambdas]
+    configs += [CIFAR.student_config(m, recipe="bank_ablation", bank_k=k) for m in ("crd", "lw_supcrd")
+                for k in (0, CIFAR.bank_k)]
     for cfg in configs:
         assert cfg.unnamed_changes() == {} and cfg.name == cfg.reference_name, cfg.name
     assert sorted(cfg.name for cfg in configs) == sorted(REFERENCE_RESULTS)
     assert CIFAR.student_config("lw_supcrd").name == "student_alpha_1.0_beta_10.0_temp_0.07_resnet18_cifar100"
     assert CIFAR.teacher_config().name == "teacher_resnet50_cifar100"
     assert CIFAR.projection_config().name == "teacher_resnet50_cifar100_with_projection"
-    assert CIFAR.student_config("crd", bank_k=4096).name == \
-        "student_baseline_crd_temp_0.07_bank4096_resnet18_cifar100"
-    assert CIFAR.student_config("lw_supcrd", bank_k=4096, bank_positives=False).name == \
-        "student_alpha_1.0_beta_10.0_temp_0.07_bank4096_allneg_resnet18_cifar100"
+    ablation = lambda method, **kw: CIFAR.student_config(method, recipe="bank_ablation", **kw).name
+    assert ablation("crd", bank_k=4096) == "student_baseline_crd_bank4096_resnet18_cifar100"
+    assert ablation("lw_supcrd", bank_k=0) == "student_lwsupcrd_nobank_resnet18_cifar100"
+    assert ablation("lw_supcrd", bank_k=4096, bank_positives=True) == \
+        "student_lwsupcrd_bank4096_bankpos_resnet18_cifar100"
+    # the ablation's stem does not spell alpha, beta, tau: a changed one is hashed into the name
+    assert ablation("lw_supcrd", bank_k=4096, alpha=2.0).startswith("student_lwsupcrd_bank4096_resnet18_cifar100_")
+    assert CIFAR.student_config("lw_supcrd", bank_k=4096).name == \
+        "student_alpha_1.0_beta_10.0_temp_0.07_bank4096_resnet18_cifar100"  # a bank under the sweep recipe
 
 
 def test_a_name_is_the_config_s_alone_and_never_the_profile_s(monkeypatch):
@@ -241,3 +250,54 @@ def test_a_name_is_the_config_s_alone_and_never_the_profile_s(monkeypatch):
     assert cfg.replace(lr=cfg.lr * 2).name != name and cfg.replace(lr=cfg.lr * 2).reference_name == cfg.reference_name
     assert cfg.replace(lr=cfg.lr * 2).name == cfg.replace(lr=cfg.lr * 2).name
     assert cfg.replace(seeds=(1, 2)).name == name  # seeds name the files of runs (run_name), not the config
+
+
+@pytest.mark.parametrize("source", ["teacher", "student"])
+def test_lw_supcrd_reads_the_adaptive_beta_probability_and_positives_from_its_config(source):
+    from desupcon.distill import StepOutputs
+    from desupcon.losses import lw_supcrd_loss
+
+    gen = torch.Generator().manual_seed(0)
+    y = torch.tensor([0, 1, 2, 0, 1, 2])
+    z_s, keys = (torch.nn.functional.normalize(torch.randn(6, 8, generator=gen), dim=1) for _ in range(2))
+    student_logits, teacher_logits = torch.randn(6, 3, generator=gen), torch.randn(6, 3, generator=gen)
+    cfg = SMOKE.student_config("lw_supcrd", adaptive_beta_source=source, positives="instance")
+    out = StepOutputs(cfg, y, student_logits, z_s, teacher_logits=teacher_logits, teacher_keys=keys, key_labels=y,
+                      in_batch_keys=6)
+    owner = student_logits if source == "student" else teacher_logits
+    q = owner.softmax(dim=1).gather(1, y[:, None]).squeeze(1)
+    expected = lw_supcrd_loss(z_s, y, keys, y, teacher_logits.softmax(dim=1), target_probs=q, positives="instance",
+                              in_batch_keys=6)
+    assert METHODS["lw_supcrd"].loss(out).item() == pytest.approx(expected.item(), rel=1e-6)
+    other = lw_supcrd_loss(z_s, y, keys, y, teacher_logits.softmax(dim=1), in_batch_keys=6)  # class positives
+    assert expected.item() != pytest.approx(other.item(), rel=1e-3)
+
+
+@pytest.mark.parametrize("method,field,value", [("supcon", "positives", "instance"),
+                                                ("crd", "adaptive_beta_source", "student"),
+                                                ("crd", "bank_positives", True), ("lw_supcrd", "bank_positives", True)])
+def test_lw_supcrd_switches_are_refused_where_nothing_reads_them(method, field, value):
+    with pytest.raises(ConfigError, match=f"config field '{field}'"):
+        SMOKE.student_config(method, **{field: value})
+
+
+def test_a_cross_entropy_only_run_measures_its_geometry_on_features_never_on_its_random_head():
+    """Teacher, undistilled and KD runs never train their projection head: re-drawing that head must not
+    change their alignment or uniformity, while a contrastive run's metrics live in its head's space."""
+    from desupcon.evaluate import head_is_trained
+
+    assert [head_is_trained(SMOKE.recipe(run)) for run in ("teacher", "projection", "undistilled", "kd", "supcon")] == \
+        [False, True, False, False, True]
+    data = Data.load("digits", "cpu")
+    cfg = SMOKE.teacher_config()
+    torch.manual_seed(0)
+    model = build_model(cfg, data.train.num_classes)
+    metrics = lambda trained: {k: v for k, v in evaluate_encoder(model, data, cfg.evaluation, cfg.seed,
+                                                                 trained_head=trained).items()
+                               if k in ("alignment", "uniformity", "separation_ratio", "metric_space")}
+    before = metrics(False)
+    torch.nn.init.normal_(model.head.weight)  # another random head
+    assert metrics(False) == before and before["metric_space"] == "features"
+    in_head = metrics(True)
+    torch.nn.init.normal_(model.head.weight)
+    assert in_head["metric_space"] == "projection" and metrics(True)["uniformity"] != in_head["uniformity"]

@@ -76,7 +76,7 @@ def tiny():
 
 
 def tiny_student(**changes):
-    return SMOKE.student_config("undistilled", **{"epochs": 2, "probe_epochs": 3, **changes})
+    return SMOKE.student_config("undistilled", **{"epochs": 2, "probe_iterations": 3, **changes})
 
 
 def temp_files(root: Path) -> list[Path]:
@@ -156,9 +156,9 @@ def _kill_and_resume(cfg, n_train, home: Path, rng: random.Random, tmp_path: Pat
 def test_resume_after_sigkill_is_bit_identical(method, smoke_home, tmp_path, monkeypatch):
     n_train = 384  # 6 steps of 64 per epoch
     if method == "undistilled":
-        cfg = SMOKE.student_config("undistilled", epochs=3, probe_epochs=2)
+        cfg = SMOKE.student_config("undistilled", epochs=3, probe_iterations=2)
     else:  # a memory bank (its state is part of the checkpoint) and the adapting teacher head
-        cfg = SMOKE.student_config("lw_supcrd", epochs=3, probe_epochs=2, bank_k=32, temperature=0.1)
+        cfg = SMOKE.student_config("lw_supcrd", epochs=3, probe_iterations=2, bank_k=32, temperature=0.1)
     homes = {}
     for kind in ("reference", "killed"):
         homes[kind] = tmp_path / kind

@@ -14,7 +14,7 @@ from desupcon.store import load_results
 from desupcon.sweep import SweepError, run_sweep
 
 SMOKE = PROFILES["smoke"]
-TINY = dict(arch="resnet18", width=4, epochs=1, probe_epochs=2, knn_k=5)
+TINY = dict(arch="resnet18", width=4, epochs=1, probe_iterations=2, knn_k=5)
 TEACHER = SMOKE.teacher_config().replace(**TINY)
 PROJECTION = SMOKE.projection_config().replace(teacher=TEACHER, **TINY)
 CRD = SMOKE.student_config("crd", teacher=PROJECTION, **TINY)

@@ -1,0 +1,35 @@
+"""Tables, captions and the missing-runs note of desupcon.report."""
+
+from desupcon import experiments, report
+from desupcon.profiles import PROFILES
+
+SMOKE = PROFILES["smoke"]
+
+
+def _summary(cfg, accs, alignment=0.5, uniformity=-2.0):
+    return dict(name=cfg.name, config=cfg.to_dict(), seeds=list(range(len(accs))), method=cfg.method, role=cfg.role,
+                runs=[dict(test_acc=a) for a in accs],
+                mean=dict(test_acc=sum(accs) / len(accs), alignment=alignment, uniformity=uniformity))
+
+
+def test_a_partly_trained_study_shows_what_exists_and_names_how_to_train_the_rest():
+    configs = [SMOKE.teacher_config(), SMOKE.student_config("supcon"),
+               SMOKE.student_config("lw_supcrd", recipe="bank_ablation", bank_k=SMOKE.bank_k)]
+    results = {configs[1].name: _summary(configs[1], [90.0])}
+    present, missing = report.recorded(configs, results)
+    assert [s["name"] for s in present] == [configs[1].name] and missing == [configs[0], configs[2]]
+    note = report.missing_note(missing)
+    assert note.startswith("**2 run(s) not trained yet**")
+    assert f"`{configs[0].name}` (Teacher): run `notebooks/01_teacher.ipynb` or " \
+           f"`python -m desupcon sweep 01_teacher --profile smoke`" in note
+    assert "04_memory_bank_ablation" in note and "LW-SupCRD α=1 β=10 + bank 512 (ablation)" in note
+    assert report.missing_note([]) == ""
+
+
+def test_study_points_and_caption_name_the_data_profile_and_seeds():
+    supcon, lw = SMOKE.student_config("supcon"), experiments.headline(SMOKE)
+    summaries = [_summary(lw, [91.0, 92.0]), _summary(supcon, [90.0])]
+    points = report.study_points(summaries)
+    assert [p["label"] for p in points] == ["LW-SupCRD α=1 β=10", "SupCon"]
+    assert points[0]["accs"] == [91.0, 92.0] and points[0]["test_acc"] == 91.5
+    assert report.caption(summaries) == "Data: digits test split (smoke profile); 1–2 seeds per run; 2 runs."
