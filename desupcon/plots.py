@@ -261,6 +261,10 @@ def plot_alignment(z1, z2, labels, path, title=None, seed=0, max_per_class=200):
     return _save(fig, path)
 
 
+CURVE_LABELS = {"loss": "training loss (per step, mean over the epoch)", "train_acc": "train accuracy (%)",
+                "momentum": "key-encoder momentum", "lr": "learning rate"}
+
+
 def plot_training_curves(logs, path, metrics=("loss", "train_acc")):
     """Per-epoch curves, one panel per metric and one line per run.
 
@@ -270,12 +274,14 @@ def plot_training_curves(logs, path, metrics=("loss", "train_acc")):
         raise ValueError("logs must map at least one run name to its per-epoch entries")
     fig = Figure(figsize=(5.5 * len(metrics), 4))
     axes = np.atleast_1d(fig.subplots(1, len(metrics)))
+    colours = _palette(min(len(logs), 20))
+    styles = [(colours[i % len(colours)], ("-", "--", ":")[i // len(colours) % 3]) for i in range(len(logs))]
     for ax, metric in zip(axes, metrics):
-        for name, entries in logs.items():
+        for (name, entries), (colour, line) in zip(logs.items(), styles):  # one colour and dash per run
             if any(metric not in e for e in entries):
                 raise ValueError(f"logs[{name!r}] has epochs without the metric {metric!r}")
-            ax.plot([e["epoch"] for e in entries], [e[metric] for e in entries], label=name)
-        ax.set(xlabel="epoch", ylabel=metric.replace("_", " "), title=metric.replace("_", " "))
+            ax.plot([e["epoch"] for e in entries], [e[metric] for e in entries], label=name, color=colour, ls=line)
+        ax.set(xlabel="epoch", ylabel=CURVE_LABELS.get(metric, metric.replace("_", " ")), title=metric.replace("_", " "))
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
     axes[-1].legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8)
@@ -288,17 +294,17 @@ UNIFORMITY_LABEL = "uniformity  log E exp(−2‖z − z′‖²)  (nats; lower 
 
 
 def _caption(fig, caption):
-    """The caption line under a figure: what data and profile produced it."""
-    fig.text(0.01, 0.005, caption, ha="left", va="bottom", fontsize=8, wrap=True)
+    """The caption line under a figure (below every axis and legend): what data and profile produced it."""
+    fig.supxlabel(caption, x=0.01, ha="left", fontsize=8)
 
 
-def _scatter_panel(ax, rows, title):
-    """One marker per run (its own colour and shape) and a legend entry "label (acc %)": labels never overlap."""
-    colours = _palette(min(len(rows), 20))
-    for i, r in enumerate(rows):
-        ax.scatter(r["alignment"], r["uniformity"], s=70, marker=_MARKERS[i % len(_MARKERS)],
-                   color=colours[i % len(colours)], edgecolors="black", linewidths=0.5,
-                   label=f"{r['label']} ({r['test_acc']:.1f}%)")
+def _scatter_panel(ax, rows, title, styles):
+    """One marker per run (``styles[label]``: its shape and colour) and a legend entry "label (acc %)": labels
+    never overlap."""
+    for r in rows:
+        marker, colour = styles[r["label"]]
+        ax.scatter(r["alignment"], r["uniformity"], s=70, marker=marker, color=colour, edgecolors="black",
+                   linewidths=0.5, label=f"{r['label']} ({r['test_acc']:.1f}%)")
     ax.set(xlabel=ALIGNMENT_LABEL, ylabel=UNIFORMITY_LABEL, title=title)
     ax.grid(alpha=0.3)
     ax.legend(loc="upper left", bbox_to_anchor=(0.0, -0.14), fontsize=7, ncol=2, frameon=False,
@@ -316,9 +322,12 @@ def alignment_uniformity_figure(runs, caption, reference=None):
     if not runs:
         raise ValueError("runs must hold at least one run")
     panels = [(runs, "This study")] + ([(reference, "Reference: published CIFAR-100 numbers")] if reference else [])
+    labels = list(dict.fromkeys(r["label"] for rows, _ in panels for r in rows))  # one style per method, both panels
+    colours = _palette(min(len(labels), 20))
+    styles = {label: (_MARKERS[i % len(_MARKERS)], colours[i % len(colours)]) for i, label in enumerate(labels)}
     fig = Figure(figsize=(7.5 * len(panels), 7.5), layout="constrained")
     for ax, (rows, title) in zip(fig.subplots(1, len(panels), squeeze=False)[0], panels):
-        _scatter_panel(ax, rows, title)
+        _scatter_panel(ax, rows, title, styles)
     _caption(fig, caption)
     return fig
 
@@ -423,7 +432,7 @@ def plot_accuracy_vs_epoch(points, path, title=None):
         series = [(p["epoch"], p[key]) for p in points if p.get(key) is not None]
         if series:
             ax.plot(*zip(*series), marker="o", label=label)
-    ax.set(xlabel="epoch", ylabel="accuracy", title=title or "Accuracy of saved checkpoints")
+    ax.set(xlabel="epoch", ylabel="test accuracy on frozen features (%)", title=title or "Accuracy of saved checkpoints")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.legend()
     ax.grid(alpha=0.3)

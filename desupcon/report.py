@@ -96,6 +96,22 @@ def study_points(summaries: list[dict]) -> list[dict]:
                  uniformity=s["mean"]["uniformity"], accs=[r["test_acc"] for r in s["runs"]]) for s in summaries]
 
 
+def reference_points(summaries: list[dict]) -> list[dict]:
+    """The reference (published CIFAR-100) geometry of the runs' CIFAR-100 twins, each once, labelled as the twin
+    (``{label, test_acc, alignment, uniformity}``): what a separate reference panel draws."""
+    from .analysis import config_of
+    from .reference_results import cifar100_twin, reference_for
+
+    points = {}
+    for s in summaries:
+        ref = reference_for(s["config"])
+        if ref and "alignment" in ref:
+            cfg = config_of(s)
+            twin = cfg if cfg.dataset == "cifar100" else cifar100_twin(cfg)
+            points.setdefault(label(twin), {k: ref[k] for k in ("test_acc", "alignment", "uniformity")})
+    return [dict(label=name, **values) for name, values in points.items()]
+
+
 def recorded(configs: list, results: dict) -> tuple[list[dict], list]:
     """``(summaries of the configs that were trained, configs that were not)``, in the order given."""
     present = [results[c.name] for c in configs if c.name in results]

@@ -53,10 +53,25 @@ def test_plot_tsne_writes_png_from_tensors(tmp_path):
     assert plt.get_fignums() == []
 
 
-def test_plot_alignment_writes_png(tmp_path):
+def test_plot_alignment_draws_three_labelled_panels_and_its_metrics_in_the_title(tmp_path, monkeypatch):
+    from desupcon.metrics import alignment, uniformity
+
     x, labels = _clusters(30, 10)
     z2 = x + 0.1 * np.random.default_rng(1).normal(size=x.shape)
-    _assert_png(plot_alignment(x, z2, labels, tmp_path / "run_alignment.png", title="run"))
+    saved = []
+    real_save = plots._save
+    monkeypatch.setattr(plots, "_save", lambda fig, path: saved.append(fig) or real_save(fig, path))
+    _assert_png(plot_alignment(x, z2, labels, tmp_path / "run_alignment.png", title="LW-SupCRD α=1 β=10 · digits"))
+    fig = saved[0]
+    assert [ax.get_title() for ax in fig.axes] == ["Positive-pair distance", "Angle distribution",
+                                                   "Per-class angular spread"]
+    assert [ax.get_xlabel() for ax in fig.axes] == ["‖z1 − z2‖ (positive pairs)", "angle (degrees)", "class"]
+    unit = lambda a: torch.nn.functional.normalize(torch.from_numpy(a).double(), dim=1)
+    heading = fig._suptitle.get_text()
+    assert heading.startswith("LW-SupCRD α=1 β=10 · digits: ")
+    assert f"alignment {float(alignment(unit(x), unit(z2))):.4f}" in heading
+    assert f"uniformity {float(uniformity(unit(x))):.4f}" in heading
+    assert len(fig.axes[2].get_xticklabels()) == 20  # one box per class, at most 20 of the 30
 
 
 def test_plot_training_curves_writes_png(tmp_path):
@@ -91,8 +106,9 @@ def test_alignment_uniformity_figure_puts_the_reference_in_its_own_titled_panel(
     assert {tuple(c.get_offsets()[0]) for c in theirs.collections} == {(1.199, -3.7104)}
     assert "squared distance" in ours.get_xlabel() and "nats" in ours.get_ylabel()
     assert [t.get_text() for t in fig.texts] == ["Data: digits test split (smoke profile); 1 seed(s) per run"]
-    markers = {(c.get_paths()[0].vertices.tobytes(), tuple(c.get_facecolor()[0])) for c in ours.collections}
-    assert len(markers) == 3  # distinct marker and colour per run
+    style = lambda c: (c.get_paths()[0].vertices.tobytes(), tuple(c.get_facecolor()[0]))
+    assert len({style(c) for c in ours.collections}) == 3  # distinct marker and colour per run
+    assert style(theirs.collections[0]) == style(ours.collections[0])  # one method, one style in both panels
     alone = plots.alignment_uniformity_figure(RUNS[:1], "caption")
     assert len(alone.axes) == 1 and alone.axes[0].get_title() == "This study"
     _assert_png(plot_alignment_uniformity(RUNS, tmp_path / "au.png", "caption", reference=reference))
@@ -234,3 +250,15 @@ def test_sweep_figure_has_one_titled_panel_per_sweep_with_units_and_a_caption():
     assert sorted(t.get_text() for t in with_ref.axes[0].get_legend().get_texts()) == [
         "reference (published CIFAR-100)", "this study"]
     assert [t.get_text() for t in fig.texts] == ["Data: digits test split (smoke profile)"]
+
+
+def test_training_curves_give_every_run_its_own_style_and_units(tmp_path, monkeypatch):
+    logs = {f"run {i}": [{"epoch": e, "loss": 1.0 / e + i, "train_acc": 10.0 * e} for e in (1, 2, 3)] for i in range(25)}
+    saved = {}
+    monkeypatch.setattr(plots, "_save", lambda fig, path: saved.setdefault("fig", fig))
+    plot_training_curves(logs, tmp_path / "c.png")
+    loss, acc = saved["fig"].axes
+    styles = {(line.get_color(), line.get_linestyle()) for line in loss.get_lines()}
+    assert len(loss.get_lines()) == 25 and len(styles) == 25  # 25 runs, 25 distinct colour-and-dash styles
+    assert acc.get_ylabel() == "train accuracy (%)" and loss.get_xlabel() == "epoch"
+    assert [t.get_text() for t in acc.get_legend().get_texts()] == list(logs)

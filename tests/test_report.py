@@ -33,3 +33,12 @@ def test_study_points_and_caption_name_the_data_profile_and_seeds():
     assert [p["label"] for p in points] == ["LW-SupCRD α=1 β=10", "SupCon"]
     assert points[0]["accs"] == [91.0, 92.0] and points[0]["test_acc"] == 91.5
     assert report.caption(summaries) == "Data: digits test split (smoke profile); 1–2 seeds per run; 2 runs."
+
+
+def test_reference_points_are_labelled_as_the_cifar100_twin_and_listed_once():
+    runs = [SMOKE.student_config("crd", recipe="bank_ablation", bank_k=SMOKE.bank_k), experiments.headline(SMOKE),
+            SMOKE.student_config("lw_supcrd", positives="instance"), SMOKE.student_config("kd")]
+    summaries = [_summary(cfg, [90.0]) for cfg in runs] + [_summary(experiments.headline(SMOKE), [91.0])]
+    assert report.reference_points(summaries) == [
+        dict(label="CRD + bank 4096 (ablation)", test_acc=69.56, alignment=0.8098, uniformity=-2.0739),
+        dict(label="LW-SupCRD α=1 β=10", test_acc=73.35, alignment=1.1990, uniformity=-3.7104)]
