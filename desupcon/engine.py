@@ -368,10 +368,11 @@ def fit(cfg, run_name: str, data: Data, device, force_retrain: bool = False, tea
                disable=not dist.is_main(), mininterval=1.0)
     try:
         for epoch in range(len(history), r.epochs):
+            last = {k: f"{history[-1][k]:.3f}" for k in ("loss", "train_acc") if history and k in history[-1]}
+            bar.set_postfix({"epoch": f"{epoch + 1}/{r.epochs}", **last}, refresh=False)  # the epoch in progress
             history.append(trainer.epoch(epoch, run_name, bar))
             if live is not None:
                 live.add(history[-1])
-            bar.set_postfix({k: f"{history[-1][k]:.3f}" for k in ("loss", "train_acc") if k in history[-1]})
             if (epoch + 1) % r.checkpoint_every == 0 or epoch + 1 == r.epochs:
                 _save(cfg, run_name, trainer, history, complete=False, lineage=lineage)
                 saved_epoch = len(history)
