@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -40,16 +39,10 @@ import torch
 
 from desupcon.data import Data, ImageDataset
 from desupcon.stream import ArrayFile
+from machine import cpu_model
 
 ROOT = Path(__file__).resolve().parents[1]
 SIDE = 96
-
-
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
 
 
 def random_images(path: Path, n: int, side: int) -> Path:

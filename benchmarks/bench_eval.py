@@ -39,20 +39,11 @@ from desupcon import plots
 from desupcon.evaluate import knn_accuracy, linear_probe
 from desupcon.metrics import BLOCK_BYTES, alignment, class_distances, uniformity
 from desupcon.profiles import PROFILES
+from machine import cpu_model
 
 RECIPE = PROFILES["cifar100"]
 STEPS = ("k-NN", "linear probe", "alignment", "uniformity", "class distances", "t-SNE figure",
          "hypersphere figure", "alignment figure")
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def environment(threads: int) -> dict:

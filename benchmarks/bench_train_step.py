@@ -55,6 +55,7 @@ from desupcon.losses import lw_supcrd_loss
 from desupcon.models import ModelWrapper, build_model
 from desupcon.profiles import PROFILES
 from desupcon.engine import Trainer
+from machine import cpu_model
 
 RECIPE = PROFILES["cifar100"]  # the write-ups' recipe: architectures, batch, epochs, bank
 NUM_CLASSES = 100
@@ -170,16 +171,6 @@ def release_memory(device: torch.device):
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def environment(device: torch.device) -> dict:

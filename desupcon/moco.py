@@ -6,7 +6,7 @@ A base encoder (backbone + projector) and a predictor learn from the symmetric l
 of a momentum encoder (an exponential moving average of the base encoder), optionally with a FIFO
 queue of past keys as extra negatives for small batches. ViT-Small/16 keeps its patch projection
 frozen at its random initialisation, the paper's fix for training instability. The heads come in
-two layouts (``head_layout``: facebookresearch/moco-v3's or seed 001's), and ``train.training_mode:
+two layouts (``head_layout``: facebookresearch/moco-v3's or write-up 001_*'s), and ``train.training_mode:
 kd`` trains the write-up's distillation of a frozen teacher instead (``desupcon.vit_kd``).
 The config of a run lives in ``desupcon.moco_config``; training is ``desupcon.train.train(cfg)``,
 the same engine as every other run.
@@ -73,7 +73,7 @@ def _build_mlp(num_layers: int, input_dim: int, mlp_dim: int, output_dim: int, l
         mlp_dim: hidden width.
         output_dim: output width.
         last_bn: a BatchNorm1d after the last Linear (default: True).
-        last_affine: that BatchNorm learns a scale and shift, seed 001's ``BatchNorm1d(dim)`` (default:
+        last_affine: that BatchNorm learns a scale and shift, write-up 001_*'s ``BatchNorm1d(dim)`` (default:
             False, moco-v3's, which follows SimCLR without gamma).
     """
     layers = []
@@ -94,10 +94,10 @@ def head_layout(heads: str, vit: bool) -> dict:
     "official", facebookresearch/moco-v3 ``moco/builder.py``: ``MoCo_ViT`` has a 3-layer projector and a
     2-layer predictor, both ending in BatchNorm1d(affine=False); ``MoCo_ResNet`` has a 2-layer projector
     ending so and a 2-layer predictor without a last BatchNorm (``_build_mlp(2, dim, mlp_dim, dim, False)``).
-    "writeup", seed 001 (fix 1; "BN Layers (Proj) 3/3", "(Pred) 2/2"), for every backbone: a 3-layer
+    "writeup", write-up 001_* (fix 1; "BN Layers (Proj) 3/3", "(Pred) 2/2"), for every backbone: a 3-layer
     projector with BatchNorm after all three Linear layers and a 2-layer predictor with BatchNorm after
     both; the added last ones are its ``BatchNorm1d(dim)``, so affine (PyTorch's default).
-    No Linear has a bias in either layout (seed 001: "bias=False to final Linear layers").
+    No Linear has a bias in either layout (write-up 001_*: "bias=False to final Linear layers").
 
     Args:
         heads: "official" or "writeup".

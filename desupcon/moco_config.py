@@ -57,7 +57,7 @@ class TrainConfig(Config):
     """Section ``train``.
 
     training_mode: "moco_v3" (self-supervised MoCo-v3) or "kd" (the write-up's distillation of a
-        frozen timm teacher's embedding into the backbone, ``desupcon.vit_kd``; spelled as seed 000's
+        frozen timm teacher's embedding into the backbone, ``desupcon.vit_kd``; spelled as write-up 000_*'s
         ``training_mode: "kd"``). kd reads the ``model.teacher_*`` keys and ignores momentum,
         momentum_schedule, temperature, ``model.heads``, ``model.proj_dim`` and ``model.pred_hidden``.
     epochs: training length.
@@ -107,14 +107,14 @@ class ModelConfig(Config):
     width: first-stage channels of a CIFAR ResNet (64 = standard; ignored by the others).
     heads: layout of projector and predictor (``desupcon.moco.head_layout``): "official"
         (facebookresearch/moco-v3 ``moco/builder.py``: ViT 3-layer projector, ResNet 2-layer; the last
-        BatchNorm without affine; the ResNet predictor has no last BatchNorm) or "writeup" (seed 001:
+        BatchNorm without affine; the ResNet predictor has no last BatchNorm) or "writeup" (write-up 001_*:
         a 3-layer projector with BatchNorm after all three layers and a 2-layer predictor with
         BatchNorm after both, affine, for every backbone). Ignored by kd.
     proj_hidden: hidden width of the projector MLP (moco-v3: 4096; the write-up: the embed dim).
     proj_dim: output dimension of projector and predictor (256; kd projects to the teacher's dim).
     pred_hidden: hidden width of the predictor MLP (moco-v3: 4096).
     stop_grad_conv1: freeze a ViT's patch projection at its random init (True; ignored by ResNets).
-    freeze_conv1: freeze a ResNet's stem convolution ``conv1`` at its random init (seed 001's
+    freeze_conv1: freeze a ResNet's stem convolution ``conv1`` at its random init (write-up 001_*'s
         ResNet counterpart of stop_grad_conv1; False; ResNets only: a ViT uses stop_grad_conv1).
     patch_size: patch side of "vit_small" (16; a timm ViT's name carries its own; ignored by ResNets).
     teacher_name: kd only: the frozen teacher, a timm model, e.g. "vit_small_patch14_dinov2"

@@ -192,7 +192,7 @@ def freeze_patch_projection(vit: nn.Module) -> list[str]:
 def freeze_conv1(resnet: nn.Module) -> list[str]:
     """Freeze a ResNet's stem convolution ``conv1`` at its current weights; return the parameter names frozen.
 
-    Seed 001's ResNet counterpart of the ViT patch-projection freeze ("Added ResNet conv1 freezing
+    Write-up 001_*'s ResNet counterpart of the ViT patch-projection freeze ("Added ResNet conv1 freezing
     support"). Raises ``RuntimeError`` if the model has no ``conv1``.
     """
     return _freeze(resnet, ("conv1",), "ResNet stem convolution")

@@ -1,6 +1,6 @@
-"""The write-up's ``training_mode: kd`` (seed 000): a student distils a frozen teacher's normalised embedding.
+"""The write-up's ``training_mode: kd`` (write-up 000_*): a student distils a frozen teacher's normalised embedding.
 
-Seed 000's pipeline switches between MoCo-v3 and "knowledge distillation from DINOv2 teacher",
+Write-up 000_*'s pipeline switches between MoCo-v3 and "knowledge distillation from DINOv2 teacher",
 with the student ``student_name: vit_small_patch16_224`` at ``student_img_size: 96``; here that is a
 MoCo-v3 config with ``train.training_mode: kd``, ``model.backbone: vit_small_patch16_224``,
 ``data.image_size: 96`` and a timm teacher (``model.teacher_name``, e.g. DINOv2's

@@ -4,6 +4,8 @@ import os
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
@@ -39,3 +41,24 @@ def smoke_home(tmp_path_factory):
         train(profile.teacher_config())
         train(profile.projection_config())
     return root
+
+
+class _LargestTensor(TorchDispatchMode):
+    """Records the bytes of the largest tensor any torch operation returns while the mode is active."""
+
+    def __init__(self):
+        super().__init__()
+        self.bytes = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        sizes = [t.numel() * t.element_size() for t in tree_leaves(out) if isinstance(t, torch.Tensor)]
+        self.bytes = max([self.bytes, *sizes])
+        return out
+
+
+@pytest.fixture
+def largest_tensor():
+    """``with largest_tensor() as largest: ...`` then ``largest.bytes``: the biggest tensor made inside (torch
+    allocations are invisible to tracemalloc)."""
+    return _LargestTensor

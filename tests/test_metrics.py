@@ -6,8 +6,6 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_leaves
 
 from desupcon import metrics
 from desupcon.metrics import alignment, class_distances, representation_metrics, rows_per_block, uniformity
@@ -149,21 +147,7 @@ def test_rows_per_block_defaults_to_the_module_budget_and_keeps_one_row(monkeypa
     assert rows_per_block(10_000, 4) == 1  # a row larger than the budget still makes progress
 
 
-class _LargestTensor(TorchDispatchMode):
-    """Records the bytes of the largest tensor any torch operation returns while the mode is active."""
-
-    def __init__(self):
-        super().__init__()
-        self.bytes = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        sizes = [t.numel() * t.element_size() for t in tree_leaves(out) if isinstance(t, torch.Tensor)]
-        self.bytes = max([self.bytes, *sizes])
-        return out
-
-
-def test_pairwise_metrics_stay_within_the_block_budget(monkeypatch):
+def test_pairwise_metrics_stay_within_the_block_budget(monkeypatch, largest_tensor):
     """Under a 1 MiB budget no tensor reaches that size (the N x N float32 matrix would be 36 MB), and
     the results equal float64 references from the full distance matrix."""
     x = _sphere(3000, 8, seed=10)
@@ -175,7 +159,7 @@ def test_pairwise_metrics_stay_within_the_block_budget(monkeypatch):
     expected_intra, expected_inter = dist[pair & same].mean().item(), dist[pair & ~same].mean().item()
     budget = 2**20
     monkeypatch.setattr(metrics, "BLOCK_BYTES", budget)
-    with _LargestTensor() as largest:
+    with largest_tensor() as largest:
         value = uniformity(x)
         distances = class_distances(x, labels)
     assert largest.bytes <= budget

@@ -191,7 +191,7 @@ def test_every_shipped_config_loads():
 
 
 def test_writeup_configs_hold_the_seeds_values():
-    """Seed 000's training config (lr 0.0005 at batch 256) and seed 001's low-VRAM recipe (ResNet-50,
+    """Write-up 000_*'s training config (lr 0.0005 at batch 256) and write-up 001_*'s low-VRAM recipe (ResNet-50,
     64 per GPU x 2 GPUs x accumulation 4 = 512 at lr 3e-4, 300 epochs, a queue), as AdamW's lr."""
     vit = moco.load_config(CONFIGS / "moco_v3_vit_small_writeup.yaml")
     t, m = vit.train, vit.model

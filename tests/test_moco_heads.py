@@ -1,4 +1,4 @@
-"""MoCo-v3 head layouts (``model.heads``): facebookresearch/moco-v3's and seed 001's, module by module."""
+"""MoCo-v3 head layouts (``model.heads``): facebookresearch/moco-v3's and write-up 001_*'s, module by module."""
 
 from pathlib import Path
 
@@ -26,12 +26,7 @@ LAYOUTS = {
 BACKBONES = {"vit": ["model.backbone=vit_small", "model.patch_size=16"], "resnet": ["model.backbone=resnet18"]}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def model_of(heads, kind, *overrides):
@@ -43,21 +38,6 @@ def model_of(heads, kind, *overrides):
 def layers(head: nn.Sequential) -> list[str]:
     names = {nn.Linear: LIN, nn.ReLU: RELU}
     return [(BN if m.affine else BN_NO_AFFINE) if isinstance(m, nn.BatchNorm1d) else names[type(m)] for m in head]
-
-
-def official_mlp(num_layers, input_dim, mlp_dim, output_dim, last_bn=True):
-    """facebookresearch/moco-v3 ``moco/builder.py`` ``MoCo._build_mlp``, transcribed as an independent reference."""
-    mlp = []
-    for l in range(num_layers):
-        dim1 = input_dim if l == 0 else mlp_dim
-        dim2 = output_dim if l == num_layers - 1 else mlp_dim
-        mlp.append(nn.Linear(dim1, dim2, bias=False))
-        if l < num_layers - 1:
-            mlp.append(nn.BatchNorm1d(dim2))
-            mlp.append(nn.ReLU(inplace=True))
-        elif last_bn:
-            mlp.append(nn.BatchNorm1d(dim2, affine=False))
-    return nn.Sequential(*mlp)
 
 
 @pytest.mark.parametrize("heads,kind", list(LAYOUTS))
@@ -74,18 +54,6 @@ def test_head_modules_layer_by_layer(heads, kind):
     hidden = [(m.proj_hidden, m.proj_hidden)] * (len(widths(projector)) - 2)
     assert widths(projector) == [(feature_dim, m.proj_hidden), *hidden, (m.proj_hidden, m.proj_dim)]
     assert widths(predictor) == [(m.proj_dim, m.pred_hidden), (m.pred_hidden, m.proj_dim)]
-
-
-@pytest.mark.parametrize("kind", ["vit", "resnet"])
-def test_official_heads_equal_facebookresearch_moco_v3(kind):
-    """MoCo_ViT: projector _build_mlp(3, ...), predictor _build_mlp(2, ...); MoCo_ResNet: projector
-    _build_mlp(2, ...), predictor _build_mlp(2, dim, mlp_dim, dim, False)."""
-    model, cfg = model_of("official", kind)
-    m, feature_dim = cfg.model, 384 if kind == "vit" else 32
-    projector = official_mlp(3 if kind == "vit" else 2, feature_dim, m.proj_hidden, m.proj_dim)
-    predictor = official_mlp(2, m.proj_dim, m.pred_hidden, m.proj_dim, last_bn=kind == "vit")
-    assert repr(model.base_encoder.projector) == repr(projector)
-    assert repr(model.predictor) == repr(predictor)
 
 
 def test_a_timm_vit_gets_the_vit_heads():

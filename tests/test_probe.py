@@ -9,8 +9,6 @@ from sklearn.datasets import load_digits
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import StandardScaler
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_leaves
 
 from desupcon import metrics
 from desupcon.data import Data
@@ -19,20 +17,6 @@ from desupcon.models import ModelWrapper
 from desupcon.profiles import PROFILES
 
 SMOKE = PROFILES["smoke"]
-
-
-class _LargestTensor(TorchDispatchMode):
-    """Records the bytes of the largest tensor any torch operation returns while the mode is active."""
-
-    def __init__(self):
-        super().__init__()
-        self.bytes = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        sizes = [t.numel() * t.element_size() for t in tree_leaves(out) if isinstance(t, torch.Tensor)]
-        self.bytes = max([self.bytes, *sizes])
-        return out
 
 
 def _sklearn_accuracies(x_train, y_train, x_test, y_test):
@@ -96,7 +80,7 @@ def test_probe_is_deterministic(digits_pixels):
     assert linear_probe(*digits_pixels, 10, max_iterations=20) == first
 
 
-def test_probe_stays_within_its_block_budget(monkeypatch):
+def test_probe_stays_within_its_block_budget(monkeypatch, largest_tensor):
     """With a 64 KiB budget no tensor the probe makes reaches the size of the (N, D) features or (N, C)
     logits (a standardised copy or a full-batch forward), and the result is that of the default budget."""
     gen = torch.Generator().manual_seed(0)
@@ -107,7 +91,7 @@ def test_probe_stays_within_its_block_budget(monkeypatch):
     expected = linear_probe(*split, 10, max_iterations=30)
     budget = 64 * 2**10
     monkeypatch.setattr(metrics, "BLOCK_BYTES", budget)
-    with _LargestTensor() as largest:
+    with largest_tensor() as largest:
         result = linear_probe(*split, 10, max_iterations=30)
     assert largest.bytes <= budget
     assert result == pytest.approx(expected, abs=0.05)
@@ -163,14 +147,14 @@ def test_knn_in_blocks_equals_the_direct_reference(batch_size):
     assert 30 < result["top1"] < 100  # neither chance (5 %) nor trivially perfect
 
 
-def test_knn_stays_within_its_block_budget(monkeypatch):
+def test_knn_stays_within_its_block_budget(monkeypatch, largest_tensor):
     """With a 1 MiB budget the similarities go a few test rows at a time, never as the (M, N) matrix (16 MB)."""
     train, train_labels = _clustered(20_000, 8, 10, seed=2)
     test, test_labels = _clustered(200, 8, 10, seed=3)
     expected = knn_accuracy(train, train_labels, test, test_labels, 10, k=20)
     budget = 2**20
     monkeypatch.setattr(metrics, "BLOCK_BYTES", budget)
-    with _LargestTensor() as largest:
+    with largest_tensor() as largest:
         result = knn_accuracy(train, train_labels, test, test_labels, 10, k=20)
     assert largest.bytes <= budget
     assert result == pytest.approx(expected)

@@ -20,12 +20,7 @@ SMOKE = Path(__file__).resolve().parents[1] / "configs" / "moco_v3_smoke.yaml"
 KD = ["train.training_mode=kd", "model.teacher_name=test_vit", "model.teacher_img_size=32", "train.queue_size=0"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")
