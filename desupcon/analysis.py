@@ -74,14 +74,15 @@ def draw_run(summary_or_config, kinds=FIGURES, force: bool = False, device=None)
     encoder, test = _encoder(cfg, device), Data.load(cfg.dataset, device).test
     size = cfg.image_size
     space = 1 if head_is_trained(cfg) else 0  # the embedding the evaluation measured (head or backbone features)
+    where = "" if space else ", backbone features (its head never trains)"
     features, z, *_ = embed(encoder, test.images, test.mean, test.std, size=size)
     if "tsne" in missing:
         plots.plot_tsne(features, test.labels, paths["tsne"], title=title)
     if "hypersphere" in missing:
-        plots.plot_hypersphere((features, z)[space], test.labels, paths["hypersphere"], title=title)
+        plots.plot_hypersphere((features, z)[space], test.labels, paths["hypersphere"], title=title + where)
     if "alignment" in missing:  # the two views the evaluation measured alignment and uniformity on
         gen = torch.Generator(device=device).manual_seed(cfg.seeds[0])
         view = lambda c: lambda batch: augment(batch, c, test.mean, test.std, gen, size)
         z1, z2 = (embed(encoder, test.images, test.mean, test.std, transform=view(c))[space] for c in PRESETS["supcon"])
-        plots.plot_alignment(z1, z2, test.labels, paths["alignment"], title=title)
+        plots.plot_alignment(z1, z2, test.labels, paths["alignment"], title=title + where)
     return paths
