@@ -13,9 +13,9 @@ from pathlib import Path
 
 
 def _config(profile, what: str, overrides: list[str]):
-    """The config of ``what``: a run of the registry under ``profile``, or a YAML file (MoCo-v3)."""
+    """The config of ``what``: a run of the registry under ``profile``, or a self-supervised run's YAML file."""
     if what.endswith((".yaml", ".yml")):
-        from .moco_config import load_config
+        from desupcon.methods.ssl.config import load_config
 
         return load_config(what, overrides)
     return profile.recipe(what).override(overrides)
@@ -23,9 +23,9 @@ def _config(profile, what: str, overrides: list[str]):
 
 def cmd_train(args) -> None:
     """Train one run; under ``torchrun --nproc_per_node=N`` the N processes train it together (DDP)."""
-    from . import distributed
-    from .profiles import resolve_profile
-    from .train import train
+    from desupcon.core import distributed
+    from desupcon.study.profiles import resolve_profile
+    from desupcon.study.train import train
 
     distributed.init_from_env()
     profile, reason = resolve_profile(args.profile)
@@ -48,8 +48,8 @@ def _fast_flag(p):
 
 def cmd_study(args) -> None:
     """Teacher, its projection head and the undistilled student: the quickest end-to-end check."""
-    from .profiles import resolve_profile
-    from .train import train
+    from desupcon.study.profiles import resolve_profile
+    from desupcon.study.train import train
 
     profile, reason = resolve_profile(args.profile)
     print(f"profile: {profile.name} ({reason})")
@@ -68,9 +68,10 @@ def _print_summary(summaries) -> None:
 
 def cmd_reproduce(args) -> None:
     """Execute every notebook in order under the active profile; executed copies go to ``--out``."""
-    from .profiles import resolve_profile
-    from .reproduce import reproduce
-    from .store import load_results, output_root
+    from desupcon.study.profiles import resolve_profile
+    from desupcon.core.paths import output_root
+    from desupcon.engine.runs import load_results
+    from desupcon.study.reproduce import reproduce
 
     profile, reason = resolve_profile(args.profile)
     os.environ["DESUPCON_PROFILE"] = profile.name
@@ -90,34 +91,34 @@ def cmd_reproduce(args) -> None:
 
 def cmd_sweep(args) -> None:
     if args.launcher == "slurm":
-        from .slurm import submit_sweep
+        from desupcon.study.slurm import submit_sweep
 
         submit_sweep(args.grid, profile=args.profile, partition=args.partition, timeout_min=args.timeout_min)
         return
-    from .sweep import run_sweep
+    from desupcon.study.sweep import run_sweep
 
     run_sweep(args.grid, [d for d in args.gpus.split(",") if d], per_device=args.per_device, profile=args.profile)
 
 
 def cmd_pretrain(args) -> None:
-    """``train`` of a MoCo-v3 YAML config (the same engine)."""
+    """``train`` of a self-supervised run's YAML config (the same engine; its ``method`` names the task)."""
     args.run, args.profile = args.config, None
     cmd_train(args)
 
 
 def cmd_memory(args) -> None:
     """Peak GPU memory of one training process of a run, measured on fake tensors, and the batch each card fits."""
-    from .memory import report
-    from .profiles import resolve_profile
+    from desupcon.engine.memory import report
+    from desupcon.study.profiles import resolve_profile
 
     profile, _ = resolve_profile(args.profile)
     print("\n".join(report(_config(profile, args.config, args.set), world_size=args.world_size)))
 
 
 def cmd_prepare_data(args) -> None:
-    """Decode a source once into the prepared cache (``desupcon.prepared``); print each entry and its size."""
-    from .data import prepare_data
-    from .prepared import human_bytes
+    """Decode a source once into the prepared cache (``desupcon.data.prepared``); print each entry and its size."""
+    from desupcon.data.datasets import prepare_data
+    from desupcon.data.prepared import human_bytes
 
     entries = prepare_data(args.source, args.size, args.split, args.image_column, args.label_column, args.workers)
     for split, entry in entries:
@@ -127,21 +128,21 @@ def cmd_prepare_data(args) -> None:
 
 
 def cmd_evaluate_checkpoints(args) -> None:
-    from .moco import evaluate_checkpoints
+    from desupcon.methods.ssl.base import evaluate_checkpoints
 
     evaluate_checkpoints(args.config, args.epochs, overrides=args.set)
 
 
 def _tensorboard_flag(p):
     p.add_argument("--tensorboard", action="store_true",
-                   help="write live per-epoch curves to <output home>/tensorboard/<run> (desupcon.live)")
+                   help="write live per-epoch curves to <output home>/tensorboard/<run> (desupcon.engine.live)")
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line: one subcommand per entry point."""
     parser = argparse.ArgumentParser(prog="python -m desupcon", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    from .registry import runnable
+    from desupcon.methods.distill.registry import runnable
 
     p = sub.add_parser("train", help="train one run (or load it from the cache); on several GPUs: "
                                      "torchrun --nproc_per_node=N -m desupcon train RUN (--set batch_size is global)")
@@ -210,20 +211,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    from .checks import DivergenceError
-    from .config import ConfigError
-    from .data import DatasetUnavailableError
-    from .reproduce import StudyIncomplete
-    from .store import ArtefactWriteError, CheckpointError, StaleRunError
+    from desupcon.core.errors import (ArtefactWriteError, CheckpointError, ConfigError, DatasetUnavailableError,
+                                      DivergenceError, StaleRunError)
+    from desupcon.study.reproduce import StudyIncomplete
 
     if getattr(args, "tensorboard", False):
-        from .live import ENV
+        from desupcon.engine.live import ENV
 
         os.environ[ENV] = "1"  # read by every run of this process and of its sweep workers
     try:
         args.fn(args)
     except KeyboardInterrupt:
-        from .store import output_root
+        from desupcon.core.paths import output_root
 
         print(f"\ninterrupted: nothing finished is lost; rerun the same command to resume each unfinished run from "
               f"its last epoch checkpoint in {output_root() / 'pth_models'}", file=sys.stderr)

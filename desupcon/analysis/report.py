@@ -1,0 +1,132 @@
+"""Results tables and notebook display helpers: a run's figures and links to its hypersphere."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from desupcon.analysis.figures import config_of, draw_run
+from desupcon.analysis.reference_results import cifar100_twin, reference_for
+from desupcon.core.paths import plots_dir
+from desupcon.methods.distill.registry import method_of
+from desupcon.study.experiments import GRIDS, grid
+from desupcon.study.profiles import PROFILES
+
+
+def _cell(summary: dict, metric: str) -> str:
+    mean, std = summary["mean"].get(metric), summary["std"].get(metric, 0.0)
+    if mean is None:
+        return "-"
+    return f"{mean:.4g} ± {std:.2g}" if len(summary["seeds"]) > 1 else f"{mean:.4g}"
+
+
+def table(summaries: list[dict], metrics=("test_acc", "train_acc", "gap", "alignment", "uniformity"),
+          reference_columns: bool = True) -> str:
+    """A Markdown table, one row per run: ``metric (mean ± std over seeds)`` and ``Δ vs SupCon``.
+
+    With ``reference_columns`` the reference (published CIFAR-100) numbers of the same configuration
+    are added in columns headed "reference (CIFAR-100)" (blank where the write-ups have no such run).
+    """
+
+    supcon = next((s for s in summaries if s["method"] == "supcon" and s["role"] == "student"), None)
+    head = ["run", "seeds", *metrics, "Δ vs SupCon"]
+    reference_metrics = ("test_acc", "alignment", "uniformity")
+    if reference_columns:
+        head += [f"reference (CIFAR-100) {m}" for m in reference_metrics]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for s in summaries:
+        delta = f"{s['mean']['test_acc'] - supcon['mean']['test_acc']:+.2f}" if supcon else "-"
+        cells = [s["name"], str(len(s["seeds"])), *(_cell(s, m) for m in metrics), delta]
+        if reference_columns:
+            ref = reference_for(s["config"]) or {}
+            cells += [f"{ref[m]:.4g}" if m in ref else "" for m in reference_metrics]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _relative(path: Path) -> str:
+    """``path`` relative to the notebook's folder, so links work when the notebook is opened."""
+    return os.path.relpath(path, Path.cwd())
+
+
+def show_runs(summaries: list[dict], figures: tuple[str, ...] = ("curves",), **table_kwargs) -> None:
+    """Display the results table of ``summaries``, then each run's ``figures`` and hypersphere link.
+
+    The figures are drawn from the saved runs (``desupcon.analysis.draw_run``; each run's
+    hypersphere too): "curves", "tsne", "alignment".
+    """
+    from IPython.display import HTML, Image, Markdown, display
+
+
+    display(Markdown(table(summaries, **table_kwargs)))
+    for s in summaries:
+        paths = draw_run(s, kinds=("hypersphere", *figures))
+        for fig in figures:
+            display(Image(filename=str(paths[fig]), width=720))
+    display(HTML(hypersphere_links([s["name"] for s in summaries])))
+
+
+def hypersphere_links(names: list[str]) -> str:
+    """HTML list of links to the runs' 3D hypersphere files (they open offline in a browser)."""
+    items = [f'<li><a href="{_relative(plots_dir() / f"{n}_hypersphere.html")}" target="_blank">{n}</a></li>'
+             for n in names if (plots_dir() / f"{n}_hypersphere.html").exists()]
+    return "<p>3D hypersphere (opens in a browser, offline):</p><ul>" + "".join(items) + "</ul>"
+
+
+def label(summary_or_config) -> str:
+    """The short method label of a run for figures and tables (``registry.Method.short_label``)."""
+
+    cfg = config_of(summary_or_config)
+    return method_of(cfg).short_label(cfg)
+
+
+def caption(summaries: list[dict], extra: str = "") -> str:
+    """The caption line of a study figure: dataset, profile and seeds per run."""
+    configs = [s["config"] for s in summaries]
+    datasets = sorted({c.get("dataset") or c.get("data", {}).get("dataset") for c in configs})
+    profiles = sorted({c.get("profile", "?") for c in configs})
+    seeds = sorted({len(s["seeds"]) for s in summaries})
+    seed_text = f"{seeds[0]} seed(s) per run" if len(seeds) == 1 else f"{seeds[0]}–{seeds[-1]} seeds per run"
+    text = f"Data: {', '.join(datasets)} test split ({', '.join(profiles)} profile); {seed_text}; {len(summaries)} runs."
+    return f"{text} {extra}".strip()
+
+
+def study_points(summaries: list[dict]) -> list[dict]:
+    """``{label, test_acc, alignment, uniformity, accs}`` of each run: what the study figures draw."""
+    return [dict(label=label(s), test_acc=s["mean"]["test_acc"], alignment=s["mean"]["alignment"],
+                 uniformity=s["mean"]["uniformity"], accs=[r["test_acc"] for r in s["runs"]]) for s in summaries]
+
+
+def reference_points(summaries: list[dict]) -> list[dict]:
+    """The reference (published CIFAR-100) geometry of the runs' CIFAR-100 twins, each once, labelled as the twin
+    (``{label, test_acc, alignment, uniformity}``): what a separate reference panel draws."""
+
+    points = {}
+    for s in summaries:
+        ref = reference_for(s["config"])
+        if ref and "alignment" in ref:
+            cfg = config_of(s)
+            twin = cfg if cfg.dataset == "cifar100" else cifar100_twin(cfg)
+            points.setdefault(label(twin), {k: ref[k] for k in ("test_acc", "alignment", "uniformity")})
+    return [dict(label=name, **values) for name, values in points.items()]
+
+
+def recorded(configs: list, results: dict) -> tuple[list[dict], list]:
+    """``(summaries of the configs that were trained, configs that were not)``, in the order given."""
+    present = [results[c.name] for c in configs if c.name in results]
+    return present, [c for c in configs if c.name not in results]
+
+
+def missing_note(missing: list) -> str:
+    """Markdown naming each run not trained yet and the notebook (or ``sweep`` command) that trains it."""
+
+    if not missing:
+        return ""
+    lines = [f"**{len(missing)} run(s) not trained yet** (shown as missing, not as zeros):"]
+    for cfg in missing:
+        profile = PROFILES[cfg.profile]
+        where = next((g for g in GRIDS if cfg.name in {c.name for c in grid(g, profile)}), None)
+        how = (f"run `notebooks/{where}.ipynb` or `python -m desupcon sweep {where} --profile {cfg.profile}`"
+               if where else f"`python -m desupcon train {cfg.method} --profile {cfg.profile}`")
+        lines.append(f"- `{cfg.name}` ({label(cfg)}): {how}")
+    return "\n".join(lines)
