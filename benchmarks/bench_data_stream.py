@@ -37,8 +37,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from desupcon.data import Data, ImageDataset
-from desupcon.stream import ArrayFile
+from desupcon.data.datasets import Data, ImageDataset
+from desupcon.data.stream import ArrayFile
 from machine import cpu_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -104,8 +104,8 @@ class NoBar:
 
 def step_times(work: Path, epochs: int) -> dict:
     """Median ms per MoCo-v3 smoke step with the training images in memory and streamed."""
-    from desupcon.engine import Trainer  # here: the peak-RSS children import only what streaming needs
-    from desupcon.moco_config import load_config
+    from desupcon.engine.trainer import Trainer  # here: the peak-RSS children import only what streaming needs
+    from desupcon.methods.ssl.config import load_config
 
     cfg = load_config(ROOT / "configs" / "moco_v3_smoke.yaml", ["train.queue_size=0", "train.epochs=20"])
     path = random_images(work / "smoke_16px.npy", 3200, cfg.data.image_size)

@@ -35,10 +35,10 @@ import sklearn
 import torch
 import torch.nn.functional as F
 
-from desupcon import plots
-from desupcon.evaluate import knn_accuracy, linear_probe
-from desupcon.metrics import BLOCK_BYTES, alignment, class_distances, uniformity
-from desupcon.profiles import PROFILES
+from desupcon.analysis import plots
+from desupcon.engine.evaluate import knn_accuracy, linear_probe
+from desupcon.engine.metrics import BLOCK_BYTES, alignment, class_distances, uniformity
+from desupcon.study.profiles import PROFILES
 from machine import cpu_model
 
 RECIPE = PROFILES["cifar100"]

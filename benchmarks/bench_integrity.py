@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from desupcon import store
+from desupcon.core import artefacts as store
 
 
 def best_seconds(fn, repeats: int) -> float:

@@ -14,13 +14,13 @@ import torch
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
-from desupcon.analysis import config_of
-from desupcon.data import Data
-from desupcon.evaluate import embed, linear_probe
-from desupcon.profiles import resolve_profile
-from desupcon.report import label
-from desupcon.store import load_results
-from desupcon.train import load_model
+from desupcon.analysis.figures import config_of
+from desupcon.analysis.report import label
+from desupcon.data.datasets import Data
+from desupcon.engine.evaluate import embed, linear_probe
+from desupcon.engine.runs import load_results
+from desupcon.methods.distill.task import load_model
+from desupcon.study.profiles import resolve_profile
 
 
 def main():

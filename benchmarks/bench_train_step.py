@@ -47,14 +47,13 @@ from PIL import Image
 from torch.utils.flop_counter import FlopCounterMode
 from torchvision import transforms as T
 
-from desupcon.augment import two_views
-from desupcon.banks import MomentumMemoryBank
-from desupcon.config import validate
-from desupcon.data import CIFAR_MEAN_STD, Data, ImageDataset
-from desupcon.losses import lw_supcrd_loss
-from desupcon.models import ModelWrapper, build_model
-from desupcon.profiles import PROFILES
-from desupcon.engine import Trainer
+from desupcon.data.augment import two_views
+from desupcon.data.datasets import CIFAR_MEAN_STD, Data, ImageDataset
+from desupcon.engine.trainer import Trainer
+from desupcon.nn.banks import MomentumMemoryBank
+from desupcon.nn.losses import lw_supcrd_loss
+from desupcon.nn.models import ModelWrapper, build_model
+from desupcon.study.profiles import PROFILES
 from machine import cpu_model
 
 RECIPE = PROFILES["cifar100"]  # the write-ups' recipe: architectures, batch, epochs, bank
@@ -271,14 +270,16 @@ class SeedStyleStep:
 
 def moco_step(device: torch.device):
     """One MoCo-v3 ViT-S/16 step as ``desupcon.moco`` trains it (views on the device, bf16, AdamW)."""
-    from desupcon import moco
+    from desupcon.methods.ssl.base import build_backbone
+    from desupcon.methods.ssl.config import ModelConfig
+    from desupcon.methods.ssl.moco_v3 import MoCoV3
 
     size, batch = MOCO["image_size"], MOCO["batch_size"]
-    spec = moco.ModelConfig(backbone="vit_small", width=64, proj_hidden=4096, proj_dim=256, pred_hidden=4096,
+    spec = ModelConfig(backbone="vit_small", width=64, proj_hidden=4096, proj_dim=256, pred_hidden=4096,
                             stop_grad_conv1=True, patch_size=16)
     torch.manual_seed(0)
-    backbone, dim = moco.build_backbone(spec, size)
-    model = moco.MoCoV3(backbone, dim, proj_layers=3, proj_hidden=spec.proj_hidden, proj_dim=spec.proj_dim,
+    backbone, dim = build_backbone(spec, size)
+    model = MoCoV3(backbone, dim, proj_layers=3, proj_hidden=spec.proj_hidden, proj_dim=spec.proj_dim,
                         pred_hidden=spec.pred_hidden).to(device)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], fused=True,
                                   lr=MOCO["base_lr"] * batch / 256, weight_decay=MOCO["weight_decay"])
@@ -307,7 +308,7 @@ def measure(args) -> dict:
     device = torch.device(args.device)
     cfg = RECIPE.student_config("lw_supcrd", bank_k=args.bank_k, width=args.student_width,
                                 batch_size=args.batch_size, compile=args.compile)
-    validate(cfg, num_train=args.num_images)  # the batch and the bank fit the synthetic dataset
+    cfg.validate(num_train=args.num_images)  # the batch and the bank fit the synthetic dataset
     images, labels = synthetic_images(args, cfg.seeds[0])
     torch.manual_seed(cfg.seeds[0])
     teacher = ModelWrapper(NUM_CLASSES, RECIPE.teacher_arch, args.teacher_width, cfg.proj_dim,
@@ -363,8 +364,8 @@ def flop_figures(flops_per_step: int, batch_size: int) -> dict:
 
 
 def measure_moco(device: torch.device, args) -> dict | None:
-    if importlib.util.find_spec("desupcon.moco") is None:
-        print("MoCo-v3: skipped, desupcon.moco is not installed")
+    if importlib.util.find_spec("desupcon.methods.ssl.moco_v3") is None:
+        print("MoCo-v3: skipped, desupcon.methods.ssl.moco_v3 is not installed")
         return None
     if device.type != "cuda":
         print("MoCo-v3: skipped, a ViT-S/16 step at 96x96 and batch 256 is a GPU workload (--device cuda)")

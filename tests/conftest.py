@@ -31,8 +31,8 @@ def one_thread():
 @pytest.fixture(scope="session")
 def smoke_home(tmp_path_factory):
     """An output root where the smoke teacher and its projection head are trained once per session."""
-    from desupcon.profiles import PROFILES
-    from desupcon.train import train
+    from desupcon.study.profiles import PROFILES
+    from desupcon.study.train import train
 
     root = tmp_path_factory.mktemp("smoke_home")
     with pytest.MonkeyPatch.context() as mp:

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from desupcon.banks import FIFOQueue, MomentumMemoryBank
+from desupcon.nn.banks import FIFOQueue, MomentumMemoryBank
 
 
 # ---- MomentumMemoryBank ------------------------------------------------------------------------

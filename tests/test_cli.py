@@ -7,8 +7,9 @@ import urllib.error
 import pytest
 
 from desupcon.__main__ import main
-from desupcon.data import DatasetUnavailableError, load_dataset
-from desupcon.profiles import CONFIGS
+from desupcon.core.errors import DatasetUnavailableError
+from desupcon.data.datasets import load_dataset
+from desupcon.study.profiles import CONFIGS
 
 SMOKE_YAML = CONFIGS / "moco_v3_smoke.yaml"
 
@@ -54,7 +55,7 @@ def test_module_entry_point_runs():
 
 
 def test_train_help_lists_the_registry_runs():
-    from desupcon.registry import runnable
+    from desupcon.methods.distill.registry import runnable
 
     out = subprocess.run([sys.executable, "-m", "desupcon", "train", "--help"], capture_output=True, text=True,
                          check=True)

@@ -4,8 +4,11 @@ import re
 
 import pytest
 
-from desupcon.config import ConfigError, EvalConfig, RunConfig, config_diff, validate
-from desupcon.profiles import PROFILES, resolve_profile
+from desupcon.core.config import config_diff
+from desupcon.core.errors import ConfigError
+from desupcon.engine.evaluate import EvalConfig
+from desupcon.methods.distill.config import RunConfig
+from desupcon.study.profiles import PROFILES, resolve_profile
 
 SMOKE = PROFILES["smoke"]
 STUDENT = SMOKE.student_config("lw_supcrd")
@@ -67,11 +70,11 @@ def test_bank_only_for_methods_that_use_one():
 
 def test_combinations_against_the_data_and_world_size():
     with pytest.raises(ConfigError, match="bank_k \\+ batch_size must be <= the 1437 training images"):
-        validate(STUDENT.replace(bank_k=1400), num_train=1437)
+        STUDENT.replace(bank_k=1400).validate(num_train=1437)
     with pytest.raises(ConfigError, match="'batch_size' = 64: must be divisible by the world size 3"):
-        validate(STUDENT, world_size=3)
+        STUDENT.validate(world_size=3)
     with pytest.raises(ConfigError, match="exceeds the 50 training images"):
-        validate(STUDENT, num_train=50)
+        STUDENT.validate(num_train=50)
 
 
 def test_unknown_profile_names_the_variable_and_choices(monkeypatch):

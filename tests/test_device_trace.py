@@ -34,10 +34,10 @@ from torch._subclasses.fake_tensor import DataDependentOutputException, FakeTens
 from torch.utils import _pytree as pytree
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from desupcon import memory
-from desupcon.moco_config import load_config
-from desupcon.profiles import CONFIGS, PROFILES
-from desupcon.registry import METHODS, student_methods
+from desupcon.engine import memory
+from desupcon.methods.distill.registry import METHODS, student_methods
+from desupcon.methods.ssl.config import load_config
+from desupcon.study.profiles import CONFIGS, PROFILES
 
 CUDA = torch.device("cuda")
 BATCH = 8
@@ -102,12 +102,12 @@ def cuda_step(cfg, batch: int = BATCH):
     step (students, heads, teacher), in order.
     """
     fake = FakeTensorMode()
-    with memory._traceable():
-        task, _ = memory.fake_task(memory._with_batch(cfg, batch), CUDA, fast=True, mode=fake)
+    with memory.traceable():
+        task, _ = memory.fake_task(cfg.with_batch(batch), CUDA, fast=True, mode=fake)
         task.trainer.aug_gen, task.trainer.order_gen = CudaGenerator(), CudaGenerator()
         task.begin_step(0, 1)  # MoCo-v3: the key encoder's momentum update runs in the step
         dtypes = []
-        layers = [m for module in memory._modules(task) for m in module.modules()
+        layers = [m for module in memory.task_modules(task) for m in module.modules()
                   if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
         hooks = [m.register_forward_hook(lambda _m, _x, out: dtypes.append(out.dtype)) for m in layers]
         try:

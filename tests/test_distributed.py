@@ -27,15 +27,18 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from desupcon import distributed as dist
-from desupcon import engine, moco
-from desupcon.augment import normalize
-from desupcon.data import Data, ImageDataset, load_splits
-from desupcon.engine import Trainer
-from desupcon.models import ModelWrapper
-from desupcon.profiles import PROFILES
-from desupcon.store import checkpoint_path, load_checkpoint, snapshot_path
-from desupcon.train import train
+from desupcon.core import distributed as dist
+from desupcon.core.artefacts import load_checkpoint
+from desupcon.core.paths import checkpoint_path, snapshot_path
+from desupcon.data.augment import normalize
+from desupcon.data.datasets import Data, ImageDataset, load_splits
+from desupcon.engine import trainer as engine
+from desupcon.engine.trainer import Trainer
+from desupcon.methods.ssl.base import build_model
+from desupcon.methods.ssl.config import load_config
+from desupcon.nn.models import ModelWrapper
+from desupcon.study.profiles import PROFILES
+from desupcon.study.train import train
 
 MOCO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "moco_v3_smoke.yaml"
 WORLD, BATCH, STEPS = 2, 16, 2  # BATCH is the global batch: BATCH // WORLD images per rank and step
@@ -99,11 +102,11 @@ def _steps(method: str, changes: dict, device: str, batches: torch.Tensor) -> di
 
 def _moco_steps(device: str, batches: torch.Tensor) -> dict:
     """``STEPS`` MoCo-v3 steps (tiny ResNet-18, queue of 4 global batches) on this process's images."""
-    cfg = moco.load_config(MOCO_CONFIG, [f"train.batch_size={BATCH}", f"train.queue_size={4 * BATCH}",
+    cfg = load_config(MOCO_CONFIG, [f"train.batch_size={BATCH}", f"train.queue_size={4 * BATCH}",
                                          "model.width=4", "model.proj_hidden=32", "model.pred_hidden=32",
                                          "model.proj_dim=8"])
     torch.manual_seed(0)
-    model = moco.build_model(cfg).to(device)
+    model = build_model(cfg).to(device)
     model.train(device != "cpu")  # see the module docstring
     ddp = dist.wrap(model)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
@@ -226,7 +229,7 @@ def _moco_rank_main(rank: int, port: int, home: str, stop_after_first_save: bool
     """One DDP rank of ``train(cfg)`` for the MoCo-v3 smoke config, optionally stopped after epoch 1."""
     _init_rank(rank, port, cpu=True)
     os.environ["DESUPCON_HOME"] = home
-    cfg = moco.load_config(MOCO_CONFIG, MOCO_RESUME)
+    cfg = load_config(MOCO_CONFIG, MOCO_RESUME)
     stopped = False
     if stop_after_first_save:
         save = engine._save
@@ -252,7 +255,7 @@ def _launch_moco(home: Path, stop_after_first_save: bool, out: Path) -> list[dic
 
 
 def test_ddp_moco_v3_resume_after_epoch_1_is_bit_identical(tmp_path, monkeypatch):
-    cfg = moco.load_config(MOCO_CONFIG, MOCO_RESUME)
+    cfg = load_config(MOCO_CONFIG, MOCO_RESUME)
     name = cfg.name
     uninterrupted_home, resumed_home = tmp_path / "uninterrupted", tmp_path / "resumed"
     full = _launch_moco(uninterrupted_home, False, tmp_path / "full")

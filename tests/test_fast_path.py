@@ -24,12 +24,12 @@ import torch.nn.functional as F
 from torch.optim import optimizer as torch_optimizer
 from tqdm import tqdm
 
-from desupcon import checks
-from desupcon.config import RunConfig
-from desupcon.data import Data, ImageDataset, load_splits
-from desupcon.engine import Trainer, native_bf16, resolve_fast
-from desupcon.models import ModelWrapper, fold_batchnorm
-from desupcon.profiles import PROFILES
+from desupcon.core import checks
+from desupcon.data.datasets import Data, ImageDataset, load_splits
+from desupcon.engine.trainer import Trainer, native_bf16, resolve_fast
+from desupcon.methods.distill.config import RunConfig
+from desupcon.nn.models import ModelWrapper, fold_batchnorm
+from desupcon.study.profiles import PROFILES
 
 SMOKE = PROFILES["smoke"]
 CPU = torch.device("cpu")

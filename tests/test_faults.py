@@ -7,7 +7,6 @@ training images and one thread.
 
 import argparse
 import ast
-import os
 import re
 import shutil
 import subprocess
@@ -19,16 +18,20 @@ import torch
 import torch.nn as nn
 
 import desupcon
-from desupcon import engine, evaluate, registry, store
 from desupcon.__main__ import build_parser, main
-from desupcon.checks import GRAD_NORM_BOUND, LOSS_BOUND, WEIGHT_BOUND, DivergenceError
-from desupcon.config import ConfigError, EvalConfig
-from desupcon.data import Data, ImageDataset, load_splits
-from desupcon.moco_config import MocoConfig
-from desupcon.profiles import PROFILES
-from desupcon.store import (ArtefactWriteError, CheckpointError, StaleRunError, atomic_save, atomic_write_json,
-                            checkpoint_path, comprehensive_path, load_checkpoint, log_path, read_json)
-from desupcon.train import load_model, train
+from desupcon.core import artefacts as store
+from desupcon.core.artefacts import atomic_save, atomic_write_json, load_checkpoint, read_json
+from desupcon.core.checks import GRAD_NORM_BOUND, LOSS_BOUND, WEIGHT_BOUND
+from desupcon.core.errors import ArtefactWriteError, CheckpointError, ConfigError, DivergenceError, StaleRunError
+from desupcon.core.paths import checkpoint_path, comprehensive_path, log_path
+from desupcon.data.datasets import Data, ImageDataset, load_splits
+from desupcon.engine import evaluate, trainer as engine
+from desupcon.engine.evaluate import EvalConfig
+from desupcon.methods.distill import registry
+from desupcon.methods.distill.task import DistillationTask, load_model
+from desupcon.methods.ssl.config import MocoConfig
+from desupcon.study.profiles import PROFILES
+from desupcon.study.train import train
 
 SMOKE = PROFILES["smoke"]
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("one_thread")]
@@ -240,7 +243,7 @@ def test_exploded_weights_are_never_saved_nor_marked_complete(tiny, home, monkey
         train(cfg, data=tiny)
     assert str(err.value) == (f"{name}: a weight became {err.value.args[0].split('became ')[1].split(' ')[0]} "
                               f"(bound {WEIGHT_BOUND:g}) in epoch 1; training stopped before the epoch was saved; "
-                              f"{engine.CAUSES}; no checkpoint of this run exists yet ({path}), so a rerun starts "
+                              f"{DistillationTask.divergence_advice}; no checkpoint of this run exists yet ({path}), so a rerun starts "
                               f"from the beginning")
     assert not path.exists() and not log_path(name).exists()
 
@@ -266,13 +269,13 @@ def test_non_finite_features_reach_neither_the_evaluation_nor_a_plot(tiny, home,
     with pytest.raises(DivergenceError, match="some run: evaluation: 1024 of 1024 values of the train features are "
                                               "NaN or infinite; the network diverged"):
         evaluate.evaluate_encoder(NaNEncoder(), tiny, EvalConfig(), 0, where="some run: evaluation")
-    from desupcon import plots
+    from desupcon.analysis import plots
     with pytest.raises(ValueError, match="hold 40 NaN or infinite values: a diverged network is not plotted"):
         plots.plot_tsne(torch.full((10, 4), float("nan")), torch.arange(10), home / "t.png")
 
     cfg = student(epochs=1, seeds=(26,))
     name, path = cfg.run_name(26), checkpoint_path(cfg.run_name(26))
-    from desupcon.distill import DistillationTask
+    from desupcon.methods.distill.task import DistillationTask
     monkeypatch.setattr(DistillationTask, "encoder", lambda self: NaNEncoder())
     with pytest.raises(DivergenceError) as err:
         train(cfg, data=tiny)
@@ -366,7 +369,7 @@ def test_an_unwritable_output_folder_is_one_line_with_exit_code_2(tiny, home, mo
 def _flags_in_messages() -> set[str]:
     """Every ``--flag`` in a string of the package's code (error messages and their advice)."""
     flags = set()
-    for source in Path(desupcon.__file__).parent.glob("*.py"):
+    for source in Path(desupcon.__file__).parent.rglob("*.py"):
         for node in ast.walk(ast.parse(source.read_text())):
             if isinstance(node, ast.Constant) and isinstance(node.value, str):
                 flags |= set(re.findall(r"(?<![\w-])--[a-z][a-z-]*[a-z](?![\w])", node.value))

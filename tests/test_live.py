@@ -2,12 +2,12 @@
 
 import pytest
 
-from desupcon import engine
 from desupcon.__main__ import main
-from desupcon.live import tensorboard_dir
-from desupcon.profiles import PROFILES
-from desupcon.store import log_path, read_json
-from desupcon.train import train
+from desupcon.core.artefacts import read_json
+from desupcon.core.paths import log_path, tensorboard_dir
+from desupcon.engine import trainer as engine
+from desupcon.study.profiles import PROFILES
+from desupcon.study.train import train
 
 SMOKE = PROFILES["smoke"]
 TINY = dict(arch="resnet18", width=4, epochs=2, probe_iterations=2, knn_k=5)

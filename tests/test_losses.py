@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from pytorch_metric_learning.losses import SupConLoss
 
-from desupcon.losses import crd_loss, hybrid_loss, kd_loss, lw_supcrd_loss, moco_v3_loss, supcon_loss
+from desupcon.nn.losses import crd_loss, hybrid_loss, kd_loss, lw_supcrd_loss, moco_v3_loss, supcon_loss
 
 
 def unit(*shape, seed=0, dtype=torch.float64):

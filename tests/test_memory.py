@@ -10,13 +10,14 @@ import itertools
 import pytest
 import torch
 
-from desupcon import memory
 from desupcon.__main__ import main
-from desupcon.data import Data, load_splits
-from desupcon.engine import Trainer
-from desupcon.models import build_model
-from desupcon.moco_config import load_config
-from desupcon.profiles import CONFIGS, PROFILES
+from desupcon.data.datasets import Data, load_splits
+from desupcon.engine import memory
+from desupcon.engine.task import task_for
+from desupcon.engine.trainer import Trainer
+from desupcon.methods.ssl.config import load_config
+from desupcon.nn.models import build_model
+from desupcon.study.profiles import CONFIGS, PROFILES
 
 SMOKE_YAML = CONFIGS / "moco_v3_smoke.yaml"
 BATCH = 16
@@ -42,14 +43,14 @@ def configs():
 def real_task(cfg, batch: int):
     """``cfg``'s task on real CPU tensors at ``batch`` images per forward (the digits; a random teacher)."""
     train, test = load_splits(cfg.dataset)
-    teacher = build_model(cfg.teacher, train.num_classes).eval() if cfg.teacher is not None else None
-    return Trainer(memory._with_batch(cfg, batch), Data(train, test), "cpu", teacher, fast=cfg.recipe.amp).task
+    teacher = task_for(cfg).untrained_teacher(cfg, train.num_classes)  # None without a teacher
+    return Trainer(cfg.with_batch(batch), Data(train, test), "cpu", teacher, fast=cfg.recipe.amp).task
 
 
 def saved_for_backward(task, batch: int, amp: bool) -> int:
     """Bytes autograd saves in one forward of ``task`` at ``batch`` images (each storage once, parameters
     and buffers excluded), under bf16 autocast if ``amp``."""
-    weights = {t.untyped_storage().data_ptr() for module in memory._modules(task)
+    weights = {t.untyped_storage().data_ptr() for module in memory.task_modules(task)
                for t in itertools.chain(module.parameters(), module.buffers())}
     saved = {}
 
@@ -72,7 +73,7 @@ def test_traced_activations_match_the_real_saved_tensors(cfg):
     assert traced.saved == pytest.approx(saved_for_backward(task, BATCH, cfg.recipe.amp), rel=0.15)
     assert traced.peak == sum(traced.breakdown.values())
     assert traced.peak >= traced.saved + traced.breakdown["parameters"]
-    params = {id(p): p for module in memory._modules(task) for p in module.parameters()}  # a shared head once
+    params = {id(p): p for module in memory.task_modules(task) for p in module.parameters()}  # a shared head once
     weights = sum(p.numel() * p.element_size() for p in params.values())
     assert traced.breakdown["parameters"] == weights  # every weight of the task, a teacher's included
     assert traced.breakdown["optimizer state"] > 0  # the second step holds the moments the first allocated

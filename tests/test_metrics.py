@@ -7,8 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from desupcon import metrics
-from desupcon.metrics import alignment, class_distances, representation_metrics, rows_per_block, uniformity
+from desupcon.engine import metrics
+from desupcon.engine.metrics import alignment, class_distances, representation_metrics, rows_per_block, uniformity
 
 
 def _sphere(n, d, seed=0):

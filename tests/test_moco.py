@@ -12,10 +12,18 @@ import torch.nn as nn
 import torch.nn.functional as F
 import yaml
 
-from desupcon import memory, moco
-from desupcon.config import ConfigError, EvalConfig
-from desupcon import store
-from desupcon.store import CHECKPOINT_FORMAT, StaleRunError, load_checkpoint, output_root
+from desupcon.core.artefacts import CHECKPOINT_FORMAT, load_checkpoint
+from desupcon.core.errors import ConfigError, StaleRunError
+from desupcon.core.paths import (checkpoint_path, eval_path, log_path, output_root, plots_dir, saved_snapshots,
+                                 snapshot_path)
+from desupcon.engine import memory
+from desupcon.engine.evaluate import EvalConfig
+from desupcon.engine.runs import load_results
+from desupcon.methods.ssl import base as ssl_base
+from desupcon.methods.ssl.base import build_backbone, build_model, evaluate_checkpoints, per_rank_batch
+from desupcon.methods.ssl.config import load_config
+from desupcon.methods.ssl.moco_v3 import MoCoV3, momentum_at
+from desupcon.study.train import pretrain
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 SMOKE = CONFIGS / "moco_v3_smoke.yaml"
@@ -33,19 +41,19 @@ def _one_thread():
 
 
 def smoke_config(*overrides):
-    return moco.load_config(SMOKE, overrides)
+    return load_config(SMOKE, overrides)
 
 
 def tiny_model(*overrides):
     torch.manual_seed(0)
-    return moco.build_model(smoke_config(*overrides))
+    return build_model(smoke_config(*overrides))
 
 
 def tiny_vit_model():
     cfg = dataclasses.replace(smoke_config().model, backbone="vit_small", patch_size=16)
     torch.manual_seed(0)
-    backbone, dim = moco.build_backbone(cfg, 32, **TINY_VIT)
-    return moco.MoCoV3(backbone, dim, proj_layers=3, proj_hidden=32, proj_dim=16, pred_hidden=32)
+    backbone, dim = build_backbone(cfg, 32, **TINY_VIT)
+    return MoCoV3(backbone, dim, proj_layers=3, proj_hidden=32, proj_dim=16, pred_hidden=32)
 
 
 def views(n=8, size=16):
@@ -97,12 +105,12 @@ def test_vit_patch_projection_stays_frozen_after_optimizer_steps(capsys):
 
 
 def test_missing_patch_projection_raises(monkeypatch):
-    monkeypatch.setattr(moco, "random_backbone",
+    monkeypatch.setattr(ssl_base, "random_backbone",
                         lambda name, size, width, patch, **arch: (nn.Sequential(nn.Linear(3, 8)), 8))
     cfg = dataclasses.replace(smoke_config().model, backbone="vit_small")
     with pytest.raises(RuntimeError, match="ViT patch projection 'conv_proj' or 'patch_embed.proj' not found: "
                                            "cannot freeze it"):
-        moco.build_backbone(cfg, 32)
+        build_backbone(cfg, 32)
 
 
 def test_resnet_conv1_stays_frozen_after_optimizer_steps(capsys):
@@ -128,11 +136,11 @@ def test_freeze_conv1_is_for_resnets_and_needs_a_conv1(monkeypatch):
                                           r"'vit_small' freezes its patch projection by model.stop_grad_conv1\): "
                                           r"set it false"):
         smoke_config("model.backbone=vit_small", "model.freeze_conv1=true")
-    monkeypatch.setattr(moco, "random_backbone",
+    monkeypatch.setattr(ssl_base, "random_backbone",
                         lambda name, size, width, patch, **arch: (nn.Sequential(nn.Linear(3, 8)), 8))
     cfg = dataclasses.replace(smoke_config().model, freeze_conv1=True)
     with pytest.raises(RuntimeError, match="ResNet stem convolution 'conv1' not found: cannot freeze it"):
-        moco.build_backbone(cfg, 32)
+        build_backbone(cfg, 32)
 
 
 def test_symmetric_loss_equals_a_direct_cross_entropy():
@@ -166,10 +174,10 @@ def test_queue_receives_view2_keys_once_per_step_and_wraps_around():
 
 
 def test_momentum_schedule():
-    assert moco.momentum_at(50, 100, 0.99, "fixed") == 0.99
-    assert moco.momentum_at(0, 100, 0.99, "cosine") == pytest.approx(0.99)
-    assert moco.momentum_at(50, 100, 0.99, "cosine") == pytest.approx(0.995)
-    assert moco.momentum_at(100, 100, 0.99, "cosine") == pytest.approx(1.0)
+    assert momentum_at(50, 100, 0.99, "fixed") == 0.99
+    assert momentum_at(0, 100, 0.99, "cosine") == pytest.approx(0.99)
+    assert momentum_at(50, 100, 0.99, "cosine") == pytest.approx(0.995)
+    assert momentum_at(100, 100, 0.99, "cosine") == pytest.approx(1.0)
 
 
 def test_measured_gpu_memory_grows_with_the_batch_and_vit_small_fits_a_card():
@@ -178,7 +186,7 @@ def test_measured_gpu_memory_grows_with_the_batch_and_vit_small_fits_a_card():
     line = memory.announce_line(smoke_config())  # what MoCoTask.announce prints: a trace at the per-process batch
     assert line.startswith("GPU memory per process: ") and "at 32 images per forward" in line
     assert "traced on a fake CPU device in fp32" in line  # the smoke config's amp is off
-    vit = moco.load_config(CONFIGS / "moco_v3_vit_small_stl10.yaml")
+    vit = load_config(CONFIGS / "moco_v3_vit_small_stl10.yaml")
     assert 1 < memory.measure_step(vit, 256).peak / memory.GIB < 40
 
 
@@ -186,26 +194,26 @@ def test_measured_gpu_memory_grows_with_the_batch_and_vit_small_fits_a_card():
 
 def test_every_shipped_config_loads():
     for path in sorted(CONFIGS.glob("moco_v3_*.yaml")):
-        cfg = moco.load_config(path)
+        cfg = load_config(path)
         assert cfg.train.queue_size % cfg.train.batch_size == 0, path
 
 
 def test_writeup_configs_hold_the_seeds_values():
     """Write-up 000_*'s training config (lr 0.0005 at batch 256) and write-up 001_*'s low-VRAM recipe (ResNet-50,
     64 per GPU x 2 GPUs x accumulation 4 = 512 at lr 3e-4, 300 epochs, a queue), as AdamW's lr."""
-    vit = moco.load_config(CONFIGS / "moco_v3_vit_small_writeup.yaml")
+    vit = load_config(CONFIGS / "moco_v3_vit_small_writeup.yaml")
     t, m = vit.train, vit.model
     assert (t.batch_size * t.accum_steps, t.epochs, t.weight_decay, t.warmup_epochs) == (256, 100, 0.05, 10)
     assert vit.lr == 5e-4
     assert (t.queue_size, t.momentum, t.momentum_schedule, t.temperature) == (65536, 0.99, "fixed", 0.2)
     assert (m.backbone, vit.data.image_size, m.heads, m.proj_hidden, m.proj_dim) == \
            ("vit_small_patch16_224", 96, "writeup", 384, 256)
-    low = moco.load_config(CONFIGS / "moco_v3_resnet50_low_vram.yaml")
+    low = load_config(CONFIGS / "moco_v3_resnet50_low_vram.yaml")
     per_gpu, accum = low.train.batch_size // 2, low.train.accum_steps  # global batch over the write-up's 2 GPUs
     assert (per_gpu, accum, per_gpu * 2 * accum) == (64, 4, 512)
     assert low.lr == pytest.approx(3e-4, rel=1e-12) and low.train.epochs == 300 and low.train.queue_size > 0
     assert low.model.backbone.startswith("resnet50") and low.model.heads == "writeup" and low.model.freeze_conv1
-    official = moco.load_config(CONFIGS / "moco_v3_vit_small_stl10.yaml")
+    official = load_config(CONFIGS / "moco_v3_vit_small_stl10.yaml")
     assert (official.train.base_lr, official.train.weight_decay, official.model.heads) == (1.5e-4, 0.1, "official")
 
 
@@ -216,7 +224,7 @@ def test_overrides_are_typed_by_the_field():
                        match=r"override 'train.epochs=ten': 'train.epochs' must be an int, got 'ten'"):
         smoke_config("train.epochs=ten")
     with pytest.raises(ConfigError, match=r"override 'train.lr=1': unknown key 'train.lr'; "
-                                          r"valid keys: \['train.training_mode', 'train.epochs', "):
+                                          r"valid keys: \['train.epochs', 'train.batch_size', "):
         smoke_config("train.lr=1")
     with pytest.raises(ConfigError, match=r"override 'train.epochs': expected KEY=VALUE"):
         smoke_config("train.epochs")
@@ -233,21 +241,21 @@ def write_yaml(tmp_path, edit):
 def test_missing_and_unknown_yaml_keys(tmp_path):
     path = write_yaml(tmp_path, lambda raw: raw["train"].pop("epochs"))
     with pytest.raises(ConfigError, match=re.escape(f"{path}: missing key 'train.epochs'")):
-        moco.load_config(path)
+        load_config(path)
     path = write_yaml(tmp_path, lambda raw: raw.pop("model"))
     with pytest.raises(ConfigError, match=re.escape(f"{path}: missing section 'model'")):
-        moco.load_config(path)
+        load_config(path)
     path = write_yaml(tmp_path, lambda raw: raw.pop("eval"))  # every MoCo-v3 YAML has an eval section
     with pytest.raises(ConfigError, match=re.escape(f"{path}: missing section 'eval'")):
-        moco.load_config(path)
+        load_config(path)
     path = write_yaml(tmp_path, lambda raw: raw["eval"].pop("probe_iterations"))
     with pytest.raises(ConfigError, match=re.escape(f"{path}: missing key 'eval.probe_iterations'")):
-        moco.load_config(path)
+        load_config(path)
     path = write_yaml(tmp_path, lambda raw: raw["train"].update(lr=0.1))
     with pytest.raises(ConfigError, match=re.escape(f"{path}: unknown key 'train.lr'")):
-        moco.load_config(path)
+        load_config(path)
     path = write_yaml(tmp_path, lambda raw: raw["eval"].update(knn_k=7, knn_temperature=0.5, probe_iterations=3))
-    assert moco.load_config(path).evaluation == EvalConfig(knn_k=7, knn_temperature=0.5, probe_iterations=3)
+    assert load_config(path).evaluation == EvalConfig(knn_k=7, knn_temperature=0.5, probe_iterations=3)
 
 
 def test_bad_values_name_the_key():
@@ -263,7 +271,7 @@ def test_unknown_backbone():
     cfg = dataclasses.replace(smoke_config().model, backbone="vit_huge")
     with pytest.raises(ValueError, match=r"unknown backbone 'vit_huge': choose one of \['vit_small', 'resnet18', "
                                          r"'resnet50'\]"):
-        moco.build_backbone(cfg, 32)
+        build_backbone(cfg, 32)
 
 
 def test_queue_size_must_be_a_multiple_of_the_batch():
@@ -273,10 +281,10 @@ def test_queue_size_must_be_a_multiple_of_the_batch():
 
 
 def test_batch_must_divide_over_the_world_size():
-    assert moco.per_rank_batch(12, 3) == 4
+    assert per_rank_batch(12, 3) == 4
     with pytest.raises(ConfigError, match=r"'train.batch_size' = 10 is not divisible by the world size 3: choose a "
                                           r"multiple of 3 \(e.g. 12\)"):
-        moco.per_rank_batch(10, 3)
+        per_rank_batch(10, 3)
 
 
 # --- training (integration) ----------------------------------------------------------------------
@@ -288,7 +296,7 @@ def smoke_trained(tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("DESUPCON_HOME", str(root))
         cfg = smoke_config()
-        return root, cfg, moco.pretrain(cfg)
+        return root, cfg, pretrain(cfg)
 
 
 @pytest.fixture
@@ -303,44 +311,44 @@ def smoke_run(smoke_trained, monkeypatch):
 def test_checkpoints_load_safely_with_every_key(smoke_run):
     cfg, summary = smoke_run
     epochs = cfg.train.epochs
-    assert store.saved_snapshots(cfg.name) == list(range(1, epochs + 1))
-    assert summary["snapshots"] == [str(store.snapshot_path(cfg.name, e)) for e in range(1, epochs + 1)]
-    assert store.snapshot_path(cfg.name, epochs) == output_root() / "pth_models" / "moco_v3_smoke" / "epoch_0020.pth"
-    ckpt = load_checkpoint(store.snapshot_path(cfg.name, epochs))  # torch.load(weights_only=True)
+    assert saved_snapshots(cfg.name) == list(range(1, epochs + 1))
+    assert summary["snapshots"] == [str(snapshot_path(cfg.name, e)) for e in range(1, epochs + 1)]
+    assert snapshot_path(cfg.name, epochs) == output_root() / "pth_models" / "moco_v3_smoke" / "epoch_0020.pth"
+    ckpt = load_checkpoint(snapshot_path(cfg.name, epochs))  # torch.load(weights_only=True)
     assert {"format", "config", "encoder_q", "proj_q", "model", "optimizer", "scheduler", "scaler", "epoch",
             "global_step", "rng"} <= set(ckpt)
     assert ckpt["format"] == CHECKPOINT_FORMAT and ckpt["config"] == cfg.to_dict()
     assert ckpt["epoch"] == epochs and ckpt["global_step"] == epochs * (1437 // 32)
     assert ckpt["rng"]["aug"].shape[0] == 1  # one augmentation stream per process
-    final = load_checkpoint(store.checkpoint_path(cfg.name))  # the finished run: pth_models/<out_dir>.pth
-    assert store.checkpoint_path(cfg.name) == output_root() / "pth_models" / "moco_v3_smoke.pth"
+    final = load_checkpoint(checkpoint_path(cfg.name))  # the finished run: pth_models/<out_dir>.pth
+    assert checkpoint_path(cfg.name) == output_root() / "pth_models" / "moco_v3_smoke.pth"
     assert final["complete"] and final["epoch"] == epochs and final["config"] == cfg.to_dict()
     assert all(torch.equal(final["model"][k], v) for k, v in ckpt["model"].items())
     assert summary["runs"] == [final["results"]] and summary["group"] == "moco_v3_digits"
     assert {"knn_top1", "probe_top1", "probe_top5", "test_acc"} <= set(final["results"])
     assert [e["epoch"] for e in summary["epochs"]] == list(range(1, epochs + 1))
     log = output_root() / "json_results" / "training_logs" / "moco_v3_smoke.json"
-    assert store.log_path(cfg.name) == log and json.loads(log.read_text())["epochs"] == summary["epochs"]
-    assert "moco_v3_smoke" in store.load_results("moco_v3_digits")  # recorded with every other run
+    assert log_path(cfg.name) == log and json.loads(log.read_text())["epochs"] == summary["epochs"]
+    assert "moco_v3_smoke" in load_results("moco_v3_digits")  # recorded with every other run
 
 
 @pytest.mark.integration
 def test_resume_reproduces_the_uninterrupted_run(smoke_run, capsys):
     cfg, summary = smoke_run
     epochs = cfg.train.epochs
-    latest, last = store.checkpoint_path(cfg.name), store.snapshot_path(cfg.name, epochs)
+    latest, last = checkpoint_path(cfg.name), snapshot_path(cfg.name, epochs)
     uninterrupted, finished = load_checkpoint(last), load_checkpoint(latest)
     # as if killed during the last epoch: the latest checkpoint is epoch E-1's, no snapshot of epoch E
     last.unlink()
     latest.unlink()
-    shutil.copy(store.snapshot_path(cfg.name, epochs - 1), latest)
+    shutil.copy(snapshot_path(cfg.name, epochs - 1), latest)
     capsys.readouterr()
-    resumed = moco.pretrain(cfg)
+    resumed = pretrain(cfg)
     out = capsys.readouterr().out
     assert f"[resume] moco_v3_smoke: from epoch {epochs - 1} of {epochs}" in out
     assert "[cache]" not in out
     assert resumed["epochs"][-1]["loss"] == summary["epochs"][-1]["loss"]
-    assert store.saved_snapshots(cfg.name) == list(range(1, epochs + 1))
+    assert saved_snapshots(cfg.name) == list(range(1, epochs + 1))
     state = load_checkpoint(last)["model"]
     assert state.keys() == uninterrupted["model"].keys()
     assert all(torch.equal(state[key], value) for key, value in uninterrupted["model"].items())
@@ -352,23 +360,23 @@ def test_resume_reproduces_the_uninterrupted_run(smoke_run, capsys):
 @pytest.mark.integration
 def test_finished_run_is_cached_and_a_changed_config_is_refused(smoke_run, capsys):
     cfg, _ = smoke_run
-    before = store.checkpoint_path(cfg.name).stat().st_mtime_ns
+    before = checkpoint_path(cfg.name).stat().st_mtime_ns
     capsys.readouterr()
-    cached = moco.pretrain(cfg)
+    cached = pretrain(cfg)
     out = capsys.readouterr().out
-    assert f"[cache] moco_v3_smoke: loaded {store.checkpoint_path(cfg.name)}" in out
+    assert f"[cache] moco_v3_smoke: loaded {checkpoint_path(cfg.name)}" in out
     assert "[done]" not in out and "[resume]" not in out  # nothing was trained
-    assert store.checkpoint_path(cfg.name).stat().st_mtime_ns == before
-    assert cached["runs"] == [load_checkpoint(store.checkpoint_path(cfg.name))["results"]]
+    assert checkpoint_path(cfg.name).stat().st_mtime_ns == before
+    assert cached["runs"] == [load_checkpoint(checkpoint_path(cfg.name))["results"]]
     assert [e["epoch"] for e in cached["epochs"]] == list(range(1, cfg.train.epochs + 1))
     with pytest.raises(StaleRunError, match=r"train.temperature: cached 0.2 vs requested 0.3"):
-        moco.pretrain(smoke_config("train.temperature=0.3"))
+        pretrain(smoke_config("train.temperature=0.3"))
 
 
 @pytest.mark.integration
 def test_pretrained_encoder_beats_random_init_on_knn(smoke_run):
     cfg, _ = smoke_run
-    random_init, pretrained = moco.evaluate_checkpoints(SMOKE, [0, cfg.train.epochs])
+    random_init, pretrained = evaluate_checkpoints(SMOKE, [0, cfg.train.epochs])
     print(f"k-NN top-1: random init {random_init['knn_top1']:.1f}%, "
           f"pretrained {pretrained['knn_top1']:.1f}% (epoch {pretrained['epoch']})")
     assert pretrained["knn_top1"] >= random_init["knn_top1"] + 5
@@ -376,8 +384,8 @@ def test_pretrained_encoder_beats_random_init_on_knn(smoke_run):
             "train_acc", "gap", "alignment", "uniformity"} <= set(pretrained)
     assert "linear_top1" not in pretrained
     path = output_root() / "json_results" / "moco_v3_smoke_checkpoint_eval.json"
-    assert store.eval_path(cfg.name) == path
+    assert eval_path(cfg.name) == path
     assert json.loads(path.read_text())["points"] == [random_init, pretrained]
-    assert not store.plots_dir().exists()  # evaluation draws nothing
+    assert not plots_dir().exists()  # evaluation draws nothing
     with pytest.raises(FileNotFoundError, match=r"epoch_0099.pth; available epochs: \[1, 2, "):
-        moco.evaluate_checkpoints(SMOKE, [99])
+        evaluate_checkpoints(SMOKE, [99])

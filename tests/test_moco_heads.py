@@ -6,13 +6,15 @@ import pytest
 import torch
 import torch.nn as nn
 
-from desupcon import moco
-from desupcon.config import ConfigError
+from desupcon.core.errors import ConfigError
+from desupcon.methods.ssl.base import build_model
+from desupcon.methods.ssl.config import load_config
+from desupcon.methods.ssl.moco_v3 import head_layout
 
 SMOKE = Path(__file__).resolve().parents[1] / "configs" / "moco_v3_smoke.yaml"
 LIN, RELU, BN, BN_NO_AFFINE = "Linear", "ReLU", "BN", "BN(affine=False)"
 
-# Layer by layer, with the BatchNorm affine flag: the tables of moco.head_layout's docstring.
+# Layer by layer, with the BatchNorm affine flag: the tables of head_layout's docstring.
 LAYOUTS = {
     ("official", "vit"): {"projector": [LIN, BN, RELU, LIN, BN, RELU, LIN, BN_NO_AFFINE],
                           "predictor": [LIN, BN, RELU, LIN, BN_NO_AFFINE]},
@@ -30,9 +32,9 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def model_of(heads, kind, *overrides):
-    cfg = moco.load_config(SMOKE, [f"model.heads={heads}", *BACKBONES[kind], *overrides])
+    cfg = load_config(SMOKE, [f"model.heads={heads}", *BACKBONES[kind], *overrides])
     torch.manual_seed(0)
-    return moco.build_model(cfg), cfg
+    return build_model(cfg), cfg
 
 
 def layers(head: nn.Sequential) -> list[str]:
@@ -76,6 +78,6 @@ def test_every_layout_trains(heads):
 def test_an_unknown_layout_is_refused():
     with pytest.raises(ConfigError, match=r"config field 'model.heads' = 'paper': must be one of "
                                           r"\['official', 'writeup'\]"):
-        moco.load_config(SMOKE, ["model.heads=paper"])
+        load_config(SMOKE, ["model.heads=paper"])
     with pytest.raises(ValueError, match=r"unknown head layout 'paper': choose one of \['official', 'writeup'\]"):
-        moco.head_layout("paper", vit=True)
+        head_layout("paper", vit=True)

@@ -18,16 +18,17 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from desupcon import data as data_module
-from desupcon import memory, moco
 from desupcon.__main__ import main
-from desupcon.config import ConfigError
-from desupcon.data import Data, DatasetName, DataSpec, DatasetUnavailableError, prepare_data
-from desupcon.prepared import Prepared
-from desupcon.profiles import PROFILES
-from desupcon.sources import fit_image, in_holdout
-from desupcon.stream import ArrayFile, Prefetcher
-from desupcon.train import train
+from desupcon.core.errors import ConfigError, DatasetUnavailableError
+from desupcon.data import datasets as data_module
+from desupcon.data.datasets import Data, DataSpec, DatasetName, prepare_data
+from desupcon.data.prepared import Prepared
+from desupcon.data.sources import fit_image, in_holdout
+from desupcon.data.stream import ArrayFile, Prefetcher
+from desupcon.engine import memory
+from desupcon.methods.ssl.config import load_config
+from desupcon.study.profiles import PROFILES
+from desupcon.study.train import pretrain, train
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 CLASSES = ("disc", "bars", "text", "noise")
@@ -94,7 +95,7 @@ def data_root(own_data, monkeypatch):
 
 def entry_of(root: Path, title: str, split: str, side: int = SIDE) -> Prepared:
     """The prepared entry ``<title>-<split>-<side>px-*`` of the cache under ``root``."""
-    from desupcon.store import read_json
+    from desupcon.core.artefacts import read_json
 
     folder, = (root / "prepared").glob(f"{title}-{split}-{side}px-*")
     return Prepared(folder, read_json(folder / "manifest.json"))
@@ -216,7 +217,7 @@ def test_a_flat_folder_needs_a_labelled_evaluation_source(data_root, capsys):
     assert evaluation.train is data.labelled and evaluation.test is data.test and data.labelled.num_classes == 4
     assert data.labelled.mean == data.train.mean == data.test.mean  # normalised as the images trained on
     with pytest.raises(ConfigError, match=r"data\.dataset' = 'nowhere' must be one of \['digits', .*'flat', .*'tiles'\]"):
-        moco.load_config(CONFIGS / "moco_v3_smoke.yaml", ["data.dataset=nowhere"])
+        load_config(CONFIGS / "moco_v3_smoke.yaml", ["data.dataset=nowhere"])
 
 
 # --- residency ------------------------------------------------------------------------------------
@@ -264,7 +265,7 @@ def test_a_built_in_dataset_streams_from_a_stored_copy_and_joins_splits(data_roo
     streamed = Data.load("digits", "cpu")
     assert streamed.train.residency == "stream" and streamed.test.residency == "device"
     assert torch.equal(streamed.train.images, device.train.images) and streamed.train.mean == device.train.mean
-    cfg = moco.load_config(CONFIGS / "moco_v3_smoke.yaml", ["data.split=train+test"])
+    cfg = load_config(CONFIGS / "moco_v3_smoke.yaml", ["data.split=train+test"])
     joined = Data.load(cfg.dataset, "cpu")
     assert len(joined.train) == 1797 and joined.evaluation.train.images.shape[0] == len(device.train)
     assert torch.equal(joined.train.images[len(device.train):], device.test.images)
@@ -274,7 +275,7 @@ def test_a_built_in_dataset_streams_from_a_stored_copy_and_joins_splits(data_roo
     assert "built-in datasets are stored at their own side (16x16" in one_line_error(
         ["prepare-data", "digits", "--size", "32"], capsys)
     with pytest.raises(ConfigError, match=r"'data\.split' = 'unlabeled' must join splits of 'digits': \['train', 'test'\]"):
-        moco.load_config(CONFIGS / "moco_v3_smoke.yaml", ["data.split=unlabeled"])
+        load_config(CONFIGS / "moco_v3_smoke.yaml", ["data.split=unlabeled"])
 
 
 def test_a_failed_read_reaches_the_training_step(tmp_path):
@@ -294,11 +295,11 @@ def test_a_failed_read_reaches_the_training_step(tmp_path):
 def test_each_rank_streams_only_its_own_images(data_root, monkeypatch):
     """Rank 1 of 2 (the collectives are no-ops in one process): the prefetcher's thread reads that rank's
     half of each step's images, in the epoch's order, and ``gather`` hands exactly those over."""
-    from desupcon import distributed
-    from desupcon.engine import Trainer
+    from desupcon.core import distributed
+    from desupcon.engine.trainer import Trainer
 
     monkeypatch.setenv("DESUPCON_RESIDENCY", "stream")
-    cfg = moco.load_config(CONFIGS / "moco_v3_smoke.yaml", ["data.dataset=tiles", "train.epochs=1",
+    cfg = load_config(CONFIGS / "moco_v3_smoke.yaml", ["data.dataset=tiles", "train.epochs=1",
                                                             "train.warmup_epochs=0", "train.queue_size=0"])
     data = Data.load(cfg.dataset, "cpu")
     resident = torch.from_numpy(np.load(data.train.file.path))
@@ -323,12 +324,12 @@ def test_moco_v3_pretrains_on_a_folder_with_the_same_result_streamed_or_on_the_d
     runs = {}
     for residency in ("device", "stream"):
         monkeypatch.setenv("DESUPCON_RESIDENCY", residency)
-        cfg = moco.load_config(CONFIGS / "moco_v3_smoke.yaml", [
+        cfg = load_config(CONFIGS / "moco_v3_smoke.yaml", [
             "data.dataset=tiles", "train.epochs=1", "train.warmup_epochs=0", "train.queue_size=0",
             f"train.out_dir=tiles_{residency}"])
         loaded = Data.load(cfg.dataset, "cpu")  # the memory trace reads your data's shapes
         assert memory.dataset_shape(cfg) == (len(loaded.train), len(loaded.test), SIDE, 4)
-        runs[residency] = moco.pretrain(cfg, device="cpu")
+        runs[residency] = pretrain(cfg, device="cpu")
         assert re.search(rf"\[data\] tiles: {entry_of(data_root, 'tiles', 'train').count:,} train \+ \d+ test images "
                          rf"at 16x16 .*{'streamed to cpu' if residency == 'stream' else 'on cpu'}", capsys.readouterr().out)
     device, stream = runs["device"], runs["stream"]

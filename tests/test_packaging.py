@@ -33,7 +33,7 @@ def _pins() -> dict[str, Requirement]:
 
 
 def _imports() -> list[tuple[str, str, bool]]:
-    """``(file, top-level module, inside a function)`` for each absolute import in ``desupcon/*.py``."""
+    """``(file, top-level module, inside a function)`` for each absolute import in the package's modules."""
     found = []
 
     def visit(node, file, in_function):
@@ -45,8 +45,8 @@ def _imports() -> list[tuple[str, str, bool]]:
                 found.append((file, child.module.split(".")[0], in_function))
             visit(child, file, nested)
 
-    for path in sorted((ROOT / "desupcon").glob("*.py")):
-        visit(ast.parse(path.read_text(), filename=str(path)), path.name, False)
+    for path in sorted((ROOT / "desupcon").rglob("*.py")):
+        visit(ast.parse(path.read_text(), filename=str(path)), str(path.relative_to(ROOT)), False)
     return found
 
 
@@ -56,7 +56,7 @@ def _third_party() -> list[tuple[str, str, bool]]:
 
 
 def test_the_runtime_dependencies_and_extras_are_declared():
-    assert PYPROJECT["tool"]["setuptools"]["packages"] == ["desupcon"]
+    assert PYPROJECT["tool"]["setuptools"]["packages"]["find"]["include"] == ["desupcon", "desupcon.*"]
     assert set(RUNTIME) == {"torch", "torchvision", "numpy", "scipy", "scikit-learn", "matplotlib", "plotly", "tqdm",
                             "pyyaml"}
     assert {"notebooks", "hf", "test"} <= set(EXTRAS)
@@ -88,7 +88,7 @@ def test_every_third_party_import_is_a_declared_dependency():
         if dist in RUNTIME:
             continue
         assert nested and dist in optional, (
-            f"desupcon/{file} imports {module} ({dist}), which is not a runtime dependency of pyproject.toml"
+            f"{file} imports {module} ({dist}), which is not a runtime dependency of pyproject.toml"
             + ("" if nested else " (a module-level import: it must be one)")
             + ("" if dist in optional else " nor in an extra"))
 

@@ -3,7 +3,7 @@
 
 from pathlib import Path
 
-from desupcon.data import data_root
+from desupcon.core.paths import data_root
 
 REPO = Path(__file__).resolve().parents[1]
 

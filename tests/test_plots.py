@@ -8,16 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from desupcon import plots
-from desupcon.plots import (
-    _hypersphere_figure,
-    plot_accuracy_vs_epoch,
-    plot_alignment,
-    plot_alignment_uniformity,
-    plot_hypersphere,
-    plot_tsne,
-    plot_training_curves,
-)
+from desupcon.analysis import plots
+from desupcon.analysis.plots import (_hypersphere_figure, plot_accuracy_vs_epoch, plot_alignment,
+                                     plot_alignment_uniformity, plot_hypersphere, plot_training_curves, plot_tsne)
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -54,7 +47,7 @@ def test_plot_tsne_writes_png_from_tensors(tmp_path):
 
 
 def test_plot_alignment_draws_three_labelled_panels_and_its_metrics_in_the_title(tmp_path, monkeypatch):
-    from desupcon.metrics import alignment, uniformity
+    from desupcon.engine.metrics import alignment, uniformity
 
     x, labels = _clusters(30, 10)
     z2 = x + 0.1 * np.random.default_rng(1).normal(size=x.shape)

@@ -10,11 +10,11 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import StandardScaler
 
-from desupcon import metrics
-from desupcon.data import Data
-from desupcon.evaluate import embed, knn_accuracy, linear_probe
-from desupcon.models import ModelWrapper
-from desupcon.profiles import PROFILES
+from desupcon.data.datasets import Data
+from desupcon.engine import metrics
+from desupcon.engine.evaluate import embed, knn_accuracy, linear_probe
+from desupcon.nn.models import ModelWrapper
+from desupcon.study.profiles import PROFILES
 
 SMOKE = PROFILES["smoke"]
 

@@ -8,10 +8,10 @@ import dataclasses
 
 import pytest
 
-from desupcon import experiments
-from desupcon.config import RunConfig
-from desupcon.profiles import PROFILES
-from desupcon.reference_results import REFERENCE_RESULTS, reference_for
+from desupcon.analysis.reference_results import REFERENCE_RESULTS, reference_for
+from desupcon.methods.distill.config import RunConfig
+from desupcon.study import experiments
+from desupcon.study.profiles import PROFILES
 
 CIFAR, SMOKE = PROFILES["cifar100"], PROFILES["smoke"]
 

@@ -35,15 +35,16 @@ import pytest
 import torch
 
 import desupcon
-from desupcon import engine, registry, store
-from desupcon.checks import DivergenceError
-from desupcon.config import ConfigError
-from desupcon.profiles import PROFILES
-from desupcon.store import (ArtefactWriteError, CheckpointError, StaleRunError, atomic_save, atomic_write_json,
-                            checkpoint_path,
-                            comprehensive_path, load_checkpoint, load_results, log_path, read_json, record,
-                            update_json)
-from desupcon.train import load_model, train
+from desupcon.core import artefacts as store
+from desupcon.core.artefacts import atomic_save, atomic_write_json, load_checkpoint, read_json, update_json
+from desupcon.core.errors import ArtefactWriteError, CheckpointError, ConfigError, DivergenceError, StaleRunError
+from desupcon.core.paths import checkpoint_path, comprehensive_path, log_path
+from desupcon.engine import trainer as engine
+from desupcon.engine.runs import load_results, record
+from desupcon.methods.distill import registry
+from desupcon.methods.distill.task import load_model
+from desupcon.study.profiles import PROFILES
+from desupcon.study.train import train
 
 SMOKE = PROFILES["smoke"]
 WALL_CLOCK = {"seconds", "train_seconds"}  # the only fields allowed to differ between two identical runs
@@ -52,7 +53,7 @@ pytestmark = pytest.mark.integration
 
 def small_data(n_train):
     """The first ``n_train`` digits training images (the whole test split), on the CPU."""
-    from desupcon.data import Data, ImageDataset, load_splits
+    from desupcon.data.datasets import Data, ImageDataset, load_splits
 
     tr, te = load_splits("digits")
     return Data(ImageDataset(tr.name, tr.images[:n_train].clone(), tr.labels[:n_train].clone(), tr.num_classes,
@@ -63,8 +64,8 @@ RUNNER = textwrap.dedent(inspect.getsource(small_data)) + textwrap.dedent("""
     import json, sys
     import torch
     torch.set_num_threads(1)
-    from desupcon.config import RunConfig
-    from desupcon.train import train
+    from desupcon.methods.distill.config import RunConfig
+    from desupcon.study.train import train
     train(RunConfig.from_dict(json.loads(sys.argv[1])), data=small_data(int(sys.argv[2])))
 """)
 

@@ -1,7 +1,8 @@
 """Tables, captions and the missing-runs note of desupcon.report."""
 
-from desupcon import experiments, report
-from desupcon.profiles import PROFILES
+from desupcon.analysis import report
+from desupcon.study import experiments
+from desupcon.study.profiles import PROFILES
 
 SMOKE = PROFILES["smoke"]
 

@@ -3,7 +3,7 @@
 import nbformat
 import pytest
 
-from desupcon import reproduce as rep
+from desupcon.study import reproduce as rep
 
 
 def _notebook(path, *sources):
@@ -27,7 +27,7 @@ def test_a_failing_notebook_is_saved_summarised_and_only_its_dependents_are_skip
               "import sys, time\nfor i in range(3):\n    sys.stderr.write(f'\\rmoco: {i}/3 [00:01<00:02, 1.0it/s]')\n"
               "print('\\n[done] moco: test acc 50.00%')")
     monkeypatch.setattr(rep, "NOTEBOOKS", ("01_teacher", "02_baselines", "05_moco_v3_pretraining"))
-    monkeypatch.setattr(rep, "__file__", str(tmp_path / "desupcon" / "reproduce.py"))
+    monkeypatch.setattr(rep, "REPOSITORY", tmp_path)
     with pytest.raises(rep.StudyIncomplete, match="2 of 3 notebooks did not finish: 01_teacher failed "
                                                   r"\(ValueError: no teacher today\); 02_baselines skipped"):
         rep.reproduce(out=tmp_path / "out")

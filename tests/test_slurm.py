@@ -4,9 +4,10 @@ import pytest
 
 pytest.importorskip("submitit")
 
-from desupcon.profiles import PROFILES  # noqa: E402
-from desupcon.slurm import submit_sweep, waves  # noqa: E402
-from desupcon.store import checkpoint_path, load_checkpoint  # noqa: E402
+from desupcon.core.artefacts import load_checkpoint
+from desupcon.core.paths import checkpoint_path
+from desupcon.study.profiles import PROFILES
+from desupcon.study.slurm import submit_sweep, waves
 
 SMOKE = PROFILES["smoke"]
 TINY = dict(arch="resnet18", width=4, epochs=1, probe_iterations=2, knn_k=5)

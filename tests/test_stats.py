@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from desupcon.stats import difference_interval, mean_interval
+from desupcon.analysis.stats import difference_interval, mean_interval
 
 
 @pytest.mark.parametrize("values", [[70.1, 71.3, 69.8], [1.0, 2.0], [5.0, 5.5, 6.5, 4.0, 5.2]])

@@ -8,10 +8,10 @@ import re
 
 import pytest
 
-from desupcon import sweep
-from desupcon.profiles import PROFILES
-from desupcon.store import load_results
-from desupcon.sweep import SweepError, run_sweep
+from desupcon.engine.runs import load_results
+from desupcon.study import sweep
+from desupcon.study.profiles import PROFILES
+from desupcon.study.sweep import SweepError, run_sweep
 
 SMOKE = PROFILES["smoke"]
 TINY = dict(arch="resnet18", width=4, epochs=1, probe_iterations=2, knn_k=5)
@@ -30,7 +30,7 @@ def _stand_in_worker(fail_role: str = "none") -> str:
 
 def _schedule(configs, slots=("cpu", "cpu")) -> dict:
     """``{name: Job}`` after scheduling ``configs`` and their teachers on ``slots``."""
-    jobs = [sweep.Job(cfg) for cfg in sweep._with_teachers(configs)]
+    jobs = [sweep.Job(cfg) for cfg in sweep.with_upstream(configs)]
     sweep._schedule(jobs, list(slots), threads=1)
     return {job.cfg.name: job for job in jobs}
 

@@ -4,10 +4,10 @@ one ``error:`` line and exit status 2 (``torch.cuda.device_count`` is monkeypatc
 import pytest
 import torch
 
-from desupcon import sweep
 from desupcon.__main__ import main
-from desupcon.config import ConfigError
-from desupcon.experiments import GRIDS
+from desupcon.core.errors import ConfigError
+from desupcon.study import sweep
+from desupcon.study.experiments import GRIDS
 
 
 @pytest.fixture

@@ -8,13 +8,17 @@ import pytest
 import torch
 
 from desupcon.__main__ import main
-from desupcon import registry
-from desupcon.analysis import draw_run, figure_paths
-from desupcon.models import ModelWrapper
-from desupcon.profiles import PROFILES
-from desupcon.registry import student_methods
-from desupcon.store import StaleRunError, cached_checkpoint, checkpoint_path, load_checkpoint, load_results, log_path
-from desupcon.train import load_model, train
+from desupcon.analysis.figures import draw_run, figure_paths
+from desupcon.core.artefacts import load_checkpoint
+from desupcon.core.errors import StaleRunError
+from desupcon.core.paths import checkpoint_path, log_path
+from desupcon.engine.runs import cached_checkpoint, load_results
+from desupcon.methods.distill import registry
+from desupcon.methods.distill.registry import student_methods
+from desupcon.methods.distill.task import load_model
+from desupcon.nn.models import ModelWrapper
+from desupcon.study.profiles import PROFILES
+from desupcon.study.train import train
 
 SMOKE = PROFILES["smoke"]
 pytestmark = pytest.mark.integration

@@ -11,13 +11,18 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from desupcon import moco, store, vit_kd
-from desupcon.config import ConfigError
+from desupcon.core import artefacts as store
+from desupcon.core.errors import ConfigError
+from desupcon.core.paths import checkpoint_path, eval_path
+from desupcon.methods.ssl import vit_kd
+from desupcon.methods.ssl.base import build_backbone, build_model, evaluate_checkpoints
+from desupcon.methods.ssl.config import load_config
+from desupcon.study.train import pretrain
 
 timm = pytest.importorskip("timm")
 
 SMOKE = Path(__file__).resolve().parents[1] / "configs" / "moco_v3_smoke.yaml"
-KD = ["train.training_mode=kd", "model.teacher_name=test_vit", "model.teacher_img_size=32", "train.queue_size=0"]
+KD = ["method=vit_kd", "model.teacher_name=test_vit", "model.teacher_img_size=32", "train.queue_size=0"]
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
@@ -34,7 +39,7 @@ def teacher_file(tmp_path_factory):
 
 
 def kd_config(*overrides):
-    return moco.load_config(SMOKE, [*KD, *overrides])
+    return load_config(SMOKE, [*KD, *overrides])
 
 
 def test_kd_loss_equals_the_squared_distance_of_normalised_embeddings():
@@ -52,7 +57,7 @@ def test_kd_loss_equals_the_squared_distance_of_normalised_embeddings():
 
 def test_the_teacher_is_frozen_outside_the_module_tree_and_moves_with_it(teacher_file):
     path, _ = teacher_file
-    model = moco.build_model(kd_config(f"model.teacher_weights={path}"), pretrained_teacher=True)
+    model = build_model(kd_config(f"model.teacher_weights={path}"), pretrained_teacher=True)
     teacher_params = {id(p) for p in model.teacher.parameters()}
     assert teacher_params and not teacher_params & {id(p) for p in model.parameters()}
     assert all(key.startswith("base_encoder.") for key in model.state_dict())  # checkpoints hold the student only
@@ -71,7 +76,7 @@ def test_the_teacher_is_frozen_outside_the_module_tree_and_moves_with_it(teacher
 def test_teacher_input_is_resized_and_renormalised(teacher_file):
     path, teacher = teacher_file
     mean, std = (0.2, 0.3, 0.4), (0.5, 0.6, 0.7)
-    model = moco.build_model(kd_config(f"model.teacher_weights={path}"), pretrained_teacher=True,
+    model = build_model(kd_config(f"model.teacher_weights={path}"), pretrained_teacher=True,
                              input_stats=(mean, std)).eval()
     seen = []
     model.teacher.register_forward_hook(lambda _m, args, _out: seen.append(args[0].shape))
@@ -96,33 +101,37 @@ def test_a_missing_weights_file_names_it_and_the_fix(tmp_path):
     with pytest.raises(FileNotFoundError, match=rf"teacher weights file '{missing}' \(model.teacher_weights\) not "
                                                 rf"found: download the test_vit weights there \(from https://"
                                                 rf"huggingface.co/timm/test_vit.*\), or set model.teacher_weights: ''"):
-        moco.build_model(kd_config(f"model.teacher_weights={missing}"), pretrained_teacher=True)
-    moco.build_model(kd_config(f"model.teacher_weights={missing}"))  # a random teacher needs no file
+        build_model(kd_config(f"model.teacher_weights={missing}"), pretrained_teacher=True)
+    build_model(kd_config(f"model.teacher_weights={missing}"))  # a random teacher needs no file
 
 
-def test_kd_config_errors_name_the_field():
+def test_kd_config_errors_name_the_field(tmp_path):
     with pytest.raises(ConfigError, match=r"'model.teacher_name' = '' must name the teacher of "
-                                          r"train.training_mode 'kd': a timm model such as vit_small_patch14_dinov2"):
-        moco.load_config(SMOKE, ["train.training_mode=kd", "train.queue_size=0"])
-    with pytest.raises(ConfigError, match=r"'train.queue_size' = 256 must be 0 for train.training_mode 'kd'"):
-        moco.load_config(SMOKE, KD[:-1])
-    with pytest.raises(ConfigError, match=r"'train.training_mode' = 'distill': must be one of \['moco_v3', 'kd'\]"):
-        moco.load_config(SMOKE, ["train.training_mode=distill"])
+                                          r"method 'vit_kd': a timm model such as vit_small_patch14_dinov2"):
+        load_config(SMOKE, ["method=vit_kd", "train.queue_size=0"])
+    with pytest.raises(ConfigError, match=r"'train.queue_size' = 256 must be 0 for method 'vit_kd'"):
+        load_config(SMOKE, KD[:-1])
+    with pytest.raises(ConfigError, match=r"'method' = 'distill': must be one of \['moco_v3', 'vit_kd'\]"):
+        load_config(SMOKE, ["method=distill"])
+    old = tmp_path / "old.yaml"  # a config written before methods were registered tasks
+    old.write_text(SMOKE.read_text().replace("method: moco_v3", "").replace("train:\n", "train:\n  training_mode: kd\n"))
+    with pytest.raises(ConfigError, match=rf"{old}: 'train.training_mode' is now the top-level key 'method'"):
+        load_config(old)
     with pytest.raises(ValueError, match=r"'model.teacher_img_size' = 40 is not a multiple of test_vit's patch size "
                                          r"16: choose e.g. 32 or 48"):
-        moco.build_model(kd_config("model.teacher_img_size=40"))
+        build_model(kd_config("model.teacher_img_size=40"))
 
 
 def test_a_timm_vit_student_by_name():
     """The write-up's student_name, as model.backbone: timm's ViT-S/16 built for the run's image size."""
     cfg = kd_config("model.backbone=vit_small_patch16_224", "data.image_size=32")
-    backbone, dim = moco.build_backbone(cfg.model, 32, depth=1)  # one block for speed
+    backbone, dim = build_backbone(cfg.model, 32, depth=1)  # one block for speed
     assert (type(backbone).__name__, dim, backbone.patch_embed.img_size) == ("VisionTransformer", 384, (32, 32))
     assert backbone(torch.randn(2, 3, 32, 32)).shape == (2, 384)
     assert not any(p.requires_grad for p in backbone.patch_embed.proj.parameters())  # stop_grad_conv1
     with pytest.raises(ValueError, match=r"'data.image_size' = 40 is not a multiple of vit_small_patch16_224's "
                                          r"patch size 16: choose e.g. 32 or 48"):
-        moco.build_backbone(cfg.model, 40, depth=1)
+        build_backbone(cfg.model, 40, depth=1)
 
 
 @pytest.mark.integration
@@ -131,14 +140,14 @@ def test_kd_trains_on_the_smoke_data(teacher_file, tmp_path, monkeypatch):
     path, _ = teacher_file
     overrides = [*KD, f"model.teacher_weights={path}", "train.epochs=2", "train.out_dir=kd_smoke",
                  "eval.probe_iterations=5"]
-    cfg = moco.load_config(SMOKE, overrides)
-    summary = moco.pretrain(cfg)
+    cfg = load_config(SMOKE, overrides)
+    summary = pretrain(cfg)
     losses = [e["loss"] for e in summary["epochs"]]
     assert losses[1] < losses[0] and all("momentum" not in e for e in summary["epochs"])
-    ckpt = store.load_checkpoint(store.checkpoint_path("kd_smoke"))
+    ckpt = store.load_checkpoint(checkpoint_path("kd_smoke"))
     assert ckpt["complete"] and {"encoder_q", "proj_q", "model", "optimizer"} <= set(ckpt)
     assert all(key.startswith("base_encoder.") for key in ckpt["model"])  # no teacher weights in it
     assert summary["group"] == "kd_digits" and {"knn_top1", "probe_top1", "probe_top5"} <= set(summary["runs"][0])
-    points = moco.evaluate_checkpoints(SMOKE, [0, 2], overrides)
+    points = evaluate_checkpoints(SMOKE, [0, 2], overrides)
     assert [p["epoch"] for p in points] == [0, 2] and {"knn_top1", "probe_top1", "alignment"} <= set(points[1])
-    assert json.loads(store.eval_path("kd_smoke").read_text())["points"] == points
+    assert json.loads(eval_path("kd_smoke").read_text())["points"] == points

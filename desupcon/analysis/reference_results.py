@@ -1,3 +1,4 @@
+from desupcon.methods import config_from_dict
 from desupcon.methods.distill.config import RunConfig
 from desupcon.methods.distill.registry import BANK_ABLATION_RECIPE
 from desupcon.study.profiles import PROFILES
@@ -74,8 +75,8 @@ def reference_for(config: dict) -> dict | None:
     another dataset those of its CIFAR-100 twin (``cifar100_twin``, for a shrunk profile such as ``smoke``);
     ``None`` where the write-ups have no such run (e.g. KD, a variant, another lr, MoCo-v3)."""
 
-    if "method" not in config:  # a MoCo-v3 run
+    cfg = config_from_dict(config)
+    if not isinstance(cfg, RunConfig):  # a self-supervised run
         return None
-    cfg = RunConfig.from_dict(config)
     twin = cfg if cfg.dataset == "cifar100" else cifar100_twin(cfg)
     return None if twin is None else REFERENCE_RESULTS.get(twin.name)

@@ -104,13 +104,13 @@ def measure_step(cfg, batch: int) -> StepMemory:
     cfg = cfg.with_batch(batch)
     recipe, fake = cfg.recipe, FakeTensorMode()
     dtype = torch.bfloat16 if recipe.amp else None
-    with _traceable(), warnings.catch_warnings():
+    with traceable(), warnings.catch_warnings():
         warnings.filterwarnings("ignore", "Module is None", UserWarning)  # MemTracker on a module freed in backward
         task, data = fake_task(cfg, torch.device("cpu"), fast=recipe.amp, mode=fake)
         with fake:
             optimizer = build_optimizer(recipe, task.parameters(), torch.device("cuda"))  # fused, as on a GPU
             tracker = _Tracker()
-            tracker.track_external(*_modules(task), optimizer, *_tensors(data))
+            tracker.track_external(*task_modules(task), optimizer, *_tensors(data))
             micro = [torch.arange(batch), torch.arange(batch, 2 * batch)][:min(recipe.accum_steps, 2)]
             scaler = torch.amp.GradScaler("cpu", enabled=False)
             saved = []  # activation bytes when each forward ends: what autograd keeps for backward
@@ -209,7 +209,7 @@ def _size(n: float) -> str:
 
 
 @contextlib.contextmanager
-def _traceable():
+def traceable():
     """What a fake trace needs of the package: one process (no DDP wrapper, no collectives: the
     trace runs on rank 0 alone), and input checks asserted on the device as on a GPU (on a CPU
     ``checks.require`` reads its condition back, which a fake tensor cannot do)."""
@@ -248,7 +248,7 @@ def fake_task(cfg, device: torch.device, fast: bool, mode: FakeTensorMode):
     with meta, contextlib.redirect_stdout(io.StringIO()):  # the real run printed what building it prints
         task = task_class(trainer, task_class.untrained_teacher(cfg, classes))
     with mode:
-        for module in _modules(task):
+        for module in task_modules(task):
             _materialize(module, device)
         for split in (data.train, data.test):
             split.images, split.labels = (_empty_like(t, device) for t in (split.images, split.labels))
@@ -269,7 +269,7 @@ def dataset_shape(cfg) -> tuple[int, int, int, int]:
     return len(data.train), len(data.test), data.train.images.shape[-1], data.train.num_classes
 
 
-def _modules(task) -> list[nn.Module]:
+def task_modules(task) -> list[nn.Module]:
     """The task's modules (model, teacher, bank, ...), each once."""
     return list({id(m): m for m in vars(task).values() if isinstance(m, nn.Module)}.values())
 

@@ -124,6 +124,19 @@ class TwoViewTask(Task):
         return load_encoder(cfg, cfg.train.epochs, device)
 
 
+def build_model(cfg: SSLConfig, pretrained_teacher: bool = False, input_stats: tuple | None = None) -> nn.Module:
+    """The model of ``cfg``'s method (``TwoViewTask.build_model``), randomly initialised.
+
+    Args:
+        cfg: the run's config.
+        pretrained_teacher: a method with a frozen teacher (``vit_kd``) loads its weights (default: False,
+            a random teacher: evaluation and memory estimates need the student only).
+        input_stats: the per-channel ``(mean, std)`` the views are normalised with, for a teacher that
+            renormalises them (default: None, the teacher's own normalisation).
+    """
+    return task_for(cfg).build_model(cfg, pretrained_teacher, input_stats)
+
+
 def load_encoder(cfg: SSLConfig, epoch: int, device="cpu") -> nn.Module:
     """The base encoder (``x -> (features, projections)``) saved at ``epoch``, in eval mode; 0 = its random init.
 
