@@ -5,7 +5,7 @@
 
 For each N train features (test: N/5; 512-d, 100 classes; random Gaussian clusters from a fixed
 generator, as the CIFAR-100 run's 50,000 x 512 train and 10,000 x 512 test features) a fresh Python
-process times, one after the other, what ``desupcon.evaluate.evaluate_encoder`` and a run's plots
+process times, one after the other, what ``desupcon.engine.evaluate.evaluate_encoder`` and a run's plots
 do with frozen features: the weighted k-NN (k=200, the cifar100 recipe), the linear probe
 (``--probe-iterations`` L-BFGS iterations at most), alignment, uniformity and class distances of the
 L2-normalised test features (and of a noisy second view), the t-SNE figure (its 2,000-point

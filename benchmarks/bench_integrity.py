@@ -2,7 +2,7 @@
 
     python benchmarks/bench_integrity.py [--mb 100] [--repeats 5]
 
-Writes a checkpoint of ``--mb`` MB of float32 weights with ``desupcon.store.atomic_save`` into a
+Writes a checkpoint of ``--mb`` MB of float32 weights with ``desupcon.core.artefacts.atomic_save`` into a
 temporary folder and times, side by side in one run: ``torch.load`` alone (what a load cost before),
 the CRC-32 check of every zip record (``store._verify_records``, done before each load), the whole
 ``store.load_checkpoint`` (check + load), and ``store.content_hash`` of the weights (the lineage

@@ -4,7 +4,7 @@
 
 For each run recorded in ``json_results/comprehensive_results_<arch>_<dataset>.json`` it embeds the
 train and test splits with the run's checkpoint and prints the test top-1 of
-``desupcon.evaluate.linear_probe`` beside scikit-learn's ``LogisticRegression(C=1)`` on
+``desupcon.engine.evaluate.linear_probe`` beside scikit-learn's ``LogisticRegression(C=1)`` on
 ``StandardScaler`` features (the objective the probe minimises), and their difference.
 """
 

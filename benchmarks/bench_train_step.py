@@ -269,7 +269,7 @@ class SeedStyleStep:
 
 
 def moco_step(device: torch.device):
-    """One MoCo-v3 ViT-S/16 step as ``desupcon.moco`` trains it (views on the device, bf16, AdamW)."""
+    """One MoCo-v3 ViT-S/16 step as ``desupcon.methods.ssl.moco_v3`` trains it (views on the device, bf16, AdamW)."""
     from desupcon.methods.ssl.base import build_backbone
     from desupcon.methods.ssl.config import ModelConfig
     from desupcon.methods.ssl.moco_v3 import MoCoV3

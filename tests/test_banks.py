@@ -1,4 +1,4 @@
-"""desupcon.banks: momentum memory bank and FIFO queue, checked value by value."""
+"""desupcon.nn.banks: momentum memory bank and FIFO queue, checked value by value."""
 
 import io
 import math

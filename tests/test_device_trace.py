@@ -3,7 +3,7 @@
 Each run kind's task (every method of the registry, those that can use a memory bank also with
 one; the teacher and its projection head; MoCo-v3 with a ResNet and a queue, with ViT-S/16, and its
 kd mode) is built as training builds it, its tensors replaced by fake CUDA tensors
-(``desupcon.memory.fake_task``: ``FakeTensorMode``, shapes and devices, no storage), and its loss
+(``desupcon.engine.memory.fake_task``: ``FakeTensorMode``, shapes and devices, no storage), and its loss
 runs once under CUDA bf16 autocast. What a GPU run would get wrong fails here:
 
 * a tensor created on the CPU inside the step and mixed with the CUDA ones: the fake tensors raise
@@ -19,7 +19,7 @@ CUDA autocast without CUDA: ``torch.autocast("cuda")`` switches itself off when 
 so ``cuda_bf16_autocast`` sets the dispatcher's CUDA autocast state directly; fake CUDA tensors
 then go through CUDA's autocast lists (asserted: every convolution and Linear computes in bf16).
 Backward is not traced: on a machine without CUDA autograd refuses a fake CUDA device
-("hasPrimaryContext expects a valid device index"); ``desupcon.memory`` traces it on a fake CPU.
+("hasPrimaryContext expects a valid device index"); ``desupcon.engine.memory`` traces it on a fake CPU.
 """
 
 from __future__ import annotations

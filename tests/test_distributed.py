@@ -7,7 +7,7 @@ head equal the one-process gradients, and the memory bank is the same on both ra
 process. The real ``Trainer`` runs both; ``augment="none"`` gives both the same views. A resumed
 rank gets its own augmentation stream back from rank 0's checkpoint. MoCo-v3 (symmetric loss with
 keys gathered from every rank, a negative queue, the momentum update) passes the same comparison,
-and a 2-rank MoCo-v3 pretraining through ``desupcon.train.train`` stopped after its first epoch and
+and a 2-rank MoCo-v3 pretraining through ``desupcon.study.train.train`` stopped after its first epoch and
 relaunched ends with the same weights, bit for bit, as the uninterrupted 2-rank run (each rank gets
 its own augmentation stream back).
 

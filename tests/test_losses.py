@@ -1,4 +1,4 @@
-"""desupcon.losses against independent references: pytorch-metric-learning and naive loops."""
+"""desupcon.nn.losses against independent references: pytorch-metric-learning and naive loops."""
 
 import math
 
@@ -20,7 +20,7 @@ def probs(n, c, seed=0, sharpness=2.0):
     return torch.softmax(sharpness * torch.randn(n, c, generator=g, dtype=torch.float64), dim=1)
 
 
-# ---- naive references, written straight from SPEC §4 with Python floats ----------------------
+# ---- naive references, written straight from docs/design.md#losses with Python floats ----------------------
 
 
 def dot(a, b):

@@ -1,4 +1,4 @@
-"""GPU memory from fake-tensor traces (``desupcon.memory``): checked against real CPU tensors.
+"""GPU memory from fake-tensor traces (``desupcon.engine.memory``): checked against real CPU tensors.
 
 The trace's activations at the peak must match, within 15%, the bytes autograd really saves for
 backward when the same task runs the same forward on real CPU tensors (counted with

@@ -1,4 +1,4 @@
-"""desupcon.metrics against direct float64 formulas and naive loops."""
+"""desupcon.engine.metrics against direct float64 formulas and naive loops."""
 
 import itertools
 import math

@@ -1,4 +1,4 @@
-"""desupcon.plots writes the right kind of file; the hypersphere HTML is offline, small and complete."""
+"""desupcon.analysis.plots writes the right kind of file; the hypersphere HTML is offline, small and complete."""
 
 import json
 import re

@@ -1,4 +1,4 @@
-"""desupcon.evaluate's frozen-feature evaluation: the linear probe against scikit-learn's logistic
+"""desupcon.engine.evaluate's frozen-feature evaluation: the linear probe against scikit-learn's logistic
 regression, the k-NN against a direct (M, N) reference, both within their memory budget."""
 
 import numpy as np

@@ -35,7 +35,7 @@ BUILT_IN = {"ce": "teacher", "supcon_head": "projection", "undistilled": "studen
 
 # ---- (a) a method of one's own ----
 
-def _margin_loss(out):  # out: desupcon.distill.StepOutputs
+def _margin_loss(out):  # out: desupcon.methods.distill.task.StepOutputs
     """Hinge: the cosine of each student projection to its own teacher key must exceed its mean cosine
     to the other keys by ``margin`` (without the other keys, student and key head collapse together)."""
     sim = out.student_z @ out.teacher_keys.T  # (B, K)

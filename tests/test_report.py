@@ -1,4 +1,4 @@
-"""Tables, captions and the missing-runs note of desupcon.report."""
+"""Tables, captions and the missing-runs note of desupcon.analysis.report."""
 
 from desupcon.analysis import report
 from desupcon.study import experiments

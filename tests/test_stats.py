@@ -1,4 +1,4 @@
-"""desupcon.stats against scipy's t and Welch intervals."""
+"""desupcon.analysis.stats against scipy's t and Welch intervals."""
 
 import math
 

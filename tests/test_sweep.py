@@ -46,7 +46,7 @@ def test_two_workers_train_at_once_and_a_second_sweep_launches_nothing(monkeypat
     assert [row["name"] for row in rows] == [cfg.name for cfg in STUDENTS]
     assert {row["name"] for row in rows} <= set(load_results(STUDENTS[0].results_group))  # every run recorded
     assert STUDENTS[0].results_group == "resnet18_digits"
-    assert not (home / "plots").exists()  # training draws nothing (figures: desupcon.analysis.draw_run)
+    assert not (home / "plots").exists()  # training draws nothing (figures: desupcon.analysis.figures.draw_run)
     monkeypatch.setattr(sweep.subprocess, "Popen", lambda *args, **kwargs: pytest.fail("a worker was launched"))
     assert [row["status"] for row in run_sweep(STUDENTS, ["cpu", "cpu"])] == ["cached"] * 4
 

@@ -147,7 +147,7 @@ def test_kd_trains_on_the_smoke_data(teacher_file, tmp_path, monkeypatch):
     ckpt = store.load_checkpoint(checkpoint_path("kd_smoke"))
     assert ckpt["complete"] and {"encoder_q", "proj_q", "model", "optimizer"} <= set(ckpt)
     assert all(key.startswith("base_encoder.") for key in ckpt["model"])  # no teacher weights in it
-    assert summary["group"] == "kd_digits" and {"knn_top1", "probe_top1", "probe_top5"} <= set(summary["runs"][0])
+    assert summary["group"] == "vit_kd_digits" and {"knn_top1", "probe_top1", "probe_top5"} <= set(summary["runs"][0])
     points = evaluate_checkpoints(SMOKE, [0, 2], overrides)
     assert [p["epoch"] for p in points] == [0, 2] and {"knn_top1", "probe_top1", "alignment"} <= set(points[1])
     assert json.loads(eval_path("kd_smoke").read_text())["points"] == points

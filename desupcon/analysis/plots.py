@@ -221,7 +221,7 @@ def plot_alignment(z1, z2, labels, path, title=None, seed=0, max_per_class=200):
     Left: histogram of positive-pair distances ``‖z1 − z2‖``. Middle: density of the angle
     between positive pairs and between random pairs. Right: within-class angles of ``z1`` for up
     to 20 classes (at most ``max_per_class`` points each). The title carries alignment and
-    uniformity from :mod:`desupcon.metrics`.
+    uniformity from :mod:`desupcon.engine.metrics`.
     """
     x1, labels = _embeddings_and_labels(z1, labels, "z1")
     x2, _ = _embeddings_and_labels(z2, labels, "z2")
@@ -343,7 +343,7 @@ def accuracy_interval_figure(rows, caption, baseline="SupCon", level=0.95):
 
     ``rows`` are dicts with ``label`` and ``accs`` (test accuracy of each seed, in %). Left: the mean
     and its Student's t interval; right: the difference to the ``baseline`` row with Welch's interval
-    (``desupcon.stats``). A run with one seed has a point and "1 seed", no bar.
+    (``desupcon.analysis.stats``). A run with one seed has a point and "1 seed", no bar.
     """
 
     if not rows:

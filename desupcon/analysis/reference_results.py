@@ -5,7 +5,7 @@ from desupcon.study.profiles import PROFILES
 """The reference results: the earlier study's published CIFAR-100 numbers (the write-ups), keyed by run name.
 
 Shown beside our results, always labelled "reference", and only beside the configuration that
-produced them: every key is the name of a ``cifar100`` run of ``desupcon.experiments`` whose config
+produced them: every key is the name of a ``cifar100`` run of ``desupcon.study.experiments`` whose config
 is the write-ups' (``tests/test_reference_results.py`` checks each against ``004_*``). The write-ups
 used two student recipes: the baselines and sweeps (Adam, constant lr 1e-3, no weight decay) and the
 bank ablation (weight decay 1e-4, cosine annealing), so the no-bank LW-SupCRD numbers 73.35% (sweeps)

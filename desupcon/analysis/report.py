@@ -52,7 +52,7 @@ def _relative(path: Path) -> str:
 def show_runs(summaries: list[dict], figures: tuple[str, ...] = ("curves",), **table_kwargs) -> None:
     """Display the results table of ``summaries``, then each run's ``figures`` and hypersphere link.
 
-    The figures are drawn from the saved runs (``desupcon.analysis.draw_run``; each run's
+    The figures are drawn from the saved runs (``desupcon.analysis.figures.draw_run``; each run's
     hypersphere too): "curves", "tsne", "alignment".
     """
     from IPython.display import HTML, Image, Markdown, display

@@ -214,7 +214,7 @@ def read_json(path) -> dict:
     path = Path(path)
     if path.name.startswith("comprehensive_results_"):
         fix = ("move it aside (to recover other runs' numbers by hand) or delete it: it is rebuilt as each run "
-               "is trained or loaded from its checkpoint cache (desupcon.train.train(cfg) for each config)")
+               "is trained or loaded from its checkpoint cache (desupcon.study.train.train(cfg) for each config)")
     else:
         fix = "delete it or restore it from a backup: its run rewrites it when it trains again"
     try:

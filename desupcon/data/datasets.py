@@ -237,7 +237,7 @@ class DataSpec:
 
 class DatasetName(str):
     """A dataset's name carrying the ``DataSpec`` it is read with (``MocoConfig.dataset``). Wherever a string
-    is wanted it is the plain name (run names, results, ``desupcon.memory``); ``Data.load`` reads its ``spec``."""
+    is wanted it is the plain name (run names, results, ``desupcon.engine.memory``); ``Data.load`` reads its ``spec``."""
 
     spec: DataSpec
 

@@ -12,7 +12,7 @@ A *source string* names one (``resolve``):
   parquet files whose names start with their split (``train-00000-of-00001.parquet``); its image
   column must be a ``datasets.Image``, its label column a ``ClassLabel``, integers or strings.
 
-A path is absolute, ``~/...``, or relative to ``$DESUPCON_DATA`` (``desupcon.data.data_root``).
+A path is absolute, ``~/...``, or relative to ``$DESUPCON_DATA`` (``desupcon.core.paths.data_root``).
 
 Splits: a built-in has its own (``stl10``: train, test, unlabeled). A labelled folder or Hugging Face
 dataset without a test split keeps about a fifth of every class as ``test`` (``in_holdout``). An
@@ -34,11 +34,11 @@ from pathlib import Path
 import numpy as np
 
 from desupcon.core.errors import ConfigError, DatasetUnavailableError
-from desupcon.core.paths import data_root
+from desupcon.core.paths import cache_root, data_root
 
 BUILTIN_SPLITS = {"digits": ("train", "test"), "cifar10": ("train", "test"), "cifar100": ("train", "test"),
                   "stl10": ("train", "test", "unlabeled")}
-BUILTIN_SIDES = {"digits": 16, "cifar10": 32, "cifar100": 32, "stl10": 96}  # as desupcon.data loads them
+BUILTIN_SIDES = {"digits": 16, "cifar10": 32, "cifar100": 32, "stl10": 96}  # as desupcon.data.datasets loads them
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")  # ImageFolder's
 HOLDOUT = 5  # a labelled source without a test split keeps 1 in HOLDOUT images of every class as its test split
 HF_MARKERS = ("dataset_dict.json", "state.json")  # what save_to_disk writes at the top of its folder
@@ -246,8 +246,8 @@ def open_hf(source: Source):
             for f in files:
                 by_split.setdefault(f.name.split("-")[0].split(".")[0], []).append(str(f))
             known = set(by_split) <= {"train", "test", "validation", "unlabeled"}
-            from .prepared import cache_root  # the Arrow files datasets converts the parquet files to
 
+            # the Arrow files datasets converts the parquet files to
             cache = cache_root() / ".hf_cache" / hashlib.sha256(str(path).encode()).hexdigest()[:16]
             dataset = datasets.load_dataset("parquet", data_files=by_split if known else {"train": [str(f) for f in files]},
                                             cache_dir=str(cache))

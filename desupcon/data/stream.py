@@ -3,7 +3,7 @@
 ``ArrayFile`` is a prepared ``images.npy``. ``read(rows, out)`` copies rows with positioned reads
 (``os.preadv``), so they come from the operating system's page cache and the process holds only its
 buffers: a memory map would keep every page it touched in the resident set, up to the whole file.
-``mapped()`` is the same file as a memory-mapped tensor, for slicing (``desupcon.evaluate.embed``).
+``mapped()`` is the same file as a memory-mapped tensor, for slicing (``desupcon.engine.evaluate.embed``).
 
 ``Prefetcher`` serves one epoch's planned batches in their order: a background thread reads each
 batch's rows into a buffer (pinned memory on CUDA) up to ``DEPTH`` batches ahead; ``next(idx)`` hands

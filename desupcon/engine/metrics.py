@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 BLOCK_BYTES = 64 * 2**20
-"""Memory budget in bytes of one block of a pairwise computation (here and in ``desupcon.evaluate``)."""
+"""Memory budget in bytes of one block of a pairwise computation (here and in ``desupcon.engine.evaluate``)."""
 
 
 def rows_per_block(n_cols, bytes_per_entry, budget=None):

@@ -1,4 +1,4 @@
-"""Stores of past embeddings that supply extra contrastive keys (SPEC §5).
+"""Stores of past embeddings that supply extra contrastive keys (docs/design.md#memory-bank-and-queue).
 
 Both structures are ``nn.Module``s whose whole state lives in registered buffers: ``.to(device)``
 moves them, and ``state_dict()`` saves them with the model, so a run resumed from a checkpoint

@@ -1,4 +1,4 @@
-"""Contrastive and distillation losses (SPEC §4).
+"""Contrastive and distillation losses (docs/design.md#losses).
 
 Conventions shared by every loss in this module:
 

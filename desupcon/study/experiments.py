@@ -1,7 +1,7 @@
 """The study's run grids, shared by the notebooks and ``python -m desupcon sweep``.
 
 Each function returns the configs one notebook trains, in order; under ``cifar100`` they are the
-write-ups' grids exactly (SPEC §6), under ``smoke`` the profile's shrunk grids.
+write-ups' grids exactly (docs/design.md#grids), under ``smoke`` the profile's shrunk grids.
 """
 
 from __future__ import annotations

@@ -2,8 +2,8 @@
 
 ``submit_sweep("03_lw_supcrd_sweeps", partition="gpu")`` submits the grid in waves by dependency: the
 teacher, then its projection head, then every student, each wave one job array whose tasks train one
-config each (``desupcon.train.train``, one GPU per task). The run cache decides what is submitted,
-exactly as for the local runner (``desupcon.sweep``): a run whose checkpoints are complete with an
+config each (``desupcon.study.train.train``, one GPU per task). The run cache decides what is submitted,
+exactly as for the local runner (``desupcon.study.sweep``): a run whose checkpoints are complete with an
 equal config is never resubmitted, and a killed task resumes from its last epoch checkpoint when the
 grid is submitted again. On Slurm each wave waits for the previous one with a Slurm ``dependency=afterok`` on it,
 so the command returns at once; with submitit's local executor (``cluster="local"``, used by the
@@ -41,7 +41,7 @@ def submit_sweep(grid, profile: str | None = None, cluster: str = "slurm", folde
     """Submit the runs of ``grid`` as one job array per wave of ``waves``.
 
     Args:
-        grid: a notebook or grid name of ``desupcon.experiments.GRIDS``, or a list of ``RunConfig``.
+        grid: a notebook or grid name of ``desupcon.study.experiments.GRIDS``, or a list of ``RunConfig``.
         profile: the profile of a named grid (default None: ``$DESUPCON_PROFILE``, then auto).
         cluster: "slurm", or "local" (submitit's local executor: subprocesses on this machine, for tests)
             (default "slurm").

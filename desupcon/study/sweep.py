@@ -78,7 +78,7 @@ def run_sweep(grid: str | list[RunConfig], devices: list[str], per_device: int =
     """Train the configs of ``grid`` in parallel, one worker process per device slot.
 
     Args:
-        grid: a notebook or grid name of ``desupcon.experiments.GRIDS`` (``"03_lw_supcrd_sweeps"``
+        grid: a notebook or grid name of ``desupcon.study.experiments.GRIDS`` (``"03_lw_supcrd_sweeps"``
             or ``"03_lw_supcrd_sweeps.ipynb"``), or a list of ``RunConfig``.
         devices: one entry per device: a CUDA device id (``"0"``) or ``"cpu"`` for a CPU worker.
         per_device: worker processes per device (default 1; more share a GPU between small runs).

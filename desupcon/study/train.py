@@ -3,7 +3,7 @@
 ``train`` validates the config, loads the data once, trains the teacher a run builds on first (if it
 is not cached), then trains each seed with ``desupcon.engine.fit`` (or loads it from the artefact
 store) and records the summary, mean and std over seeds, in the comprehensive results. It draws
-nothing: figures are an analysis step over saved runs (``desupcon.analysis``).
+nothing: figures are an analysis step over saved runs (``desupcon.analysis.figures``).
 
 Lineage: a run records the content hash of the teacher run it was built from, so a cached run whose
 teacher changed is stale (``StaleRunError`` names it), and retraining a run with ``force_retrain``

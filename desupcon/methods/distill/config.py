@@ -41,12 +41,12 @@ class RunConfig(TaskConfig):
     Args:
         role: "teacher" (backbone + classifier, cross-entropy), "projection" (the teacher's 64-d
             cosine projection head trained with SupCon on the frozen teacher) or "student".
-        method: a record of ``desupcon.registry.METHODS`` ("ce" for the teacher, "supcon" for its
+        method: a record of ``desupcon.methods.distill.registry.METHODS`` ("ce" for the teacher, "supcon" for its
             projection head, a student method for students).
         profile: the profile that produced this config ("smoke", "cifar100"); part of cache identity.
-        dataset: a dataset of ``desupcon.data.dataset_names()``: a built-in, or a folder of ``$DESUPCON_DATA``
-            holding your own images (read at 32x32, ``desupcon.data.OWN_DATA_SIZE``; README: Your own data).
-        arch: a backbone of ``desupcon.models.ARCHS`` (CIFAR stem: 3x3 conv, no max-pool).
+        dataset: a dataset of ``desupcon.data.datasets.dataset_names()``: a built-in, or a folder of ``$DESUPCON_DATA``
+            holding your own images (read at 32x32, ``desupcon.data.datasets.OWN_DATA_SIZE``; README: Your own data).
+        arch: a backbone of ``desupcon.nn.models.ARCHS`` (CIFAR stem: 3x3 conv, no max-pool).
         width: channels of the first ResNet stage (64 = standard; smaller for smoke).
         proj_dim: dimension of the L2-normalised projection (64).
         epochs, batch_size: training length and global images per forward.
@@ -58,8 +58,9 @@ class RunConfig(TaskConfig):
         temperature: tau of the contrastive losses.
         alpha, beta, adaptive_beta: LW-SupCRD pull weight, push weight and adaptive beta.
         adaptive_beta_source: the probability q_i in LW-SupCRD's ``beta / (q_i + 0.5)``: "teacher" (the
-            teacher's p_i[y_i], as SPEC writes the formula) or "student" (the student's own classifier
-            probability, which rises during training as the write-up's curriculum claims).
+            teacher's p_i[y_i], our reading of the write-up's formula: docs/design.md#adaptive-beta) or
+            "student" (the student's own classifier probability, which rises during training as the
+            write-up's curriculum claims).
         positives: LW-SupCRD's positives: "class" (every same-label teacher key) or "instance" (only the
             same image's teacher key, as the write-up's "127 in-batch negatives" suggests).
         hybrid_lambda: weight of SupCon in ``hybrid`` (lambda*supcon + (1-lambda)*lw_supcrd).
@@ -68,7 +69,7 @@ class RunConfig(TaskConfig):
         bank_momentum: momentum of the memory-bank update.
         bank_positives: same-label bank entries count as LW-SupCRD positives, a labelled variant (False =
             every bank entry is a push-weighted negative: the write-up's "4,096 negatives").
-        augment: augmentation preset of the training views (``desupcon.augment.PRESETS``);
+        augment: augmentation preset of the training views (``desupcon.data.augment.PRESETS``);
             "" = the method's default (``registry.Method.augment``).
         knn_k: neighbours of the weighted k-NN evaluation.
         probe_iterations: the most L-BFGS iterations of the linear probe (``EvalConfig``).

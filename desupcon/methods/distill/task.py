@@ -172,7 +172,7 @@ class DistillationTask(Task):
             self.bank.load_state_dict(state["bank"])
 
     def announce(self):
-        """On a GPU, the measured peak memory of one process (``desupcon.memory``); a CPU run prints
+        """On a GPU, the measured peak memory of one process (``desupcon.engine.memory``); a CPU run prints
         nothing, as the smoke profile's many short runs would each pay for the trace (about a second)."""
         if self.device.type == "cuda" and dist.is_main():
 

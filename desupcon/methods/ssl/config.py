@@ -32,9 +32,9 @@ class DataConfig(Config):
     """Section ``data`` (README: Your own data).
 
     dataset: the dataset's name, which results are grouped under: with ``source: ""`` a built-in of
-        ``desupcon.data.DATASETS`` or a folder of ``$DESUPCON_DATA`` (``desupcon.data.dataset_names``),
+        ``desupcon.data.datasets.DATASETS`` or a folder of ``$DESUPCON_DATA`` (``desupcon.data.datasets.dataset_names``),
         else any plain name for your images.
-    source: where pretraining reads its images (``desupcon.sources``): "" = the dataset named ``dataset``,
+    source: where pretraining reads its images (``desupcon.data.sources``): "" = the dataset named ``dataset``,
         else a built-in name, a folder of images (ImageFolder layout, or flat: unlabelled) or a Hugging
         Face dataset on disk (``save_to_disk`` or parquet), absolute or relative to ``$DESUPCON_DATA``.
     split: the split(s) of the source pretraining reads, '+' joins them (STL-10: train, unlabeled,
@@ -44,7 +44,7 @@ class DataConfig(Config):
     image_column, label_column: the columns of a Hugging Face source ("" label column = unlabelled).
     image_size: side of the square views fed to the backbone (96 for ViT-S/16 on STL-10), and the side
         your own images are stored at in the prepared cache (built-ins keep their own).
-    augment: view preset of ``desupcon.augment.PRESETS``: "moco" (asymmetric blur/solarise) or
+    augment: view preset of ``desupcon.data.augment.PRESETS``: "moco" (asymmetric blur/solarise) or
         "satellite" (discrete rotations, both flips, pixel-space noise).
     """
 
@@ -108,7 +108,7 @@ class ModelConfig(Config):
         model name such as the write-up's ``student_name`` "vit_small_patch16_224" (timm's ViT-S/16,
         built for ``data.image_size``) or "resnet50.tv_in1k" (timm's ImageNet ResNet-50, random init).
     width: first-stage channels of a CIFAR ResNet (64 = standard; ignored by the others).
-    heads: layout of projector and predictor (``desupcon.moco.head_layout``): "official"
+    heads: layout of projector and predictor (``desupcon.methods.ssl.moco_v3.head_layout``): "official"
         (facebookresearch/moco-v3 ``moco/builder.py``: ViT 3-layer projector, ResNet 2-layer; the last
         BatchNorm without affine; the ResNet predictor has no last BatchNorm) or "writeup" (write-up 001_*:
         a 3-layer projector with BatchNorm after all three layers and a 2-layer predictor with
