@@ -54,7 +54,7 @@ CASES = {  # name: (method, config changes)
     "undistilled": ("undistilled", {}),
     "kd": ("kd", {}),
 }
-pytestmark = pytest.mark.usefixtures("one_thread")  # small networks; a core for each rank
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]  # ranks are processes; a core for each
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
     torch.cuda.device_count() < WORLD, reason=f"SyncBatchNorm under NCCL needs {WORLD} GPUs"))]
 

@@ -136,6 +136,7 @@ def test_step_reads_nothing_back_from_the_device(method, data, teacher):
     assert isinstance(logits, torch.Tensor) and logits.shape == (BATCH, 10) and not logits.requires_grad
 
 
+@pytest.mark.slow
 def test_epoch_logs_the_mean_of_its_step_losses(data, teacher):
     logged = trainer("lw_supcrd", data, teacher, fast=False).epoch(0, "fast_path_test", tqdm(disable=True))
     stepped = trainer("lw_supcrd", data, teacher, fast=False)  # same seed: same order, views and bank draws
@@ -151,6 +152,7 @@ def test_epoch_logs_the_mean_of_its_step_losses(data, teacher):
 
 
 @pytest.mark.parametrize("arch", ["resnet18", "resnet50"])
+@pytest.mark.slow
 def test_folded_batchnorm_computes_the_same_features(arch):
     torch.manual_seed(0)
     net = ModelWrapper(10, arch, width=4).backbone
@@ -187,6 +189,7 @@ def _assert_bitwise_equal(a, b, where: str):
         assert a == b, f"{where}: {a!r} != {b!r}"
 
 
+@pytest.mark.slow
 def test_fast_auto_resume_is_bit_identical(data, teacher):
     """Under fast="auto" (bf16 here if this CPU has AMX or AVX-512 BF16, else fp32), training stopped after
     epoch 1 and resumed from its checkpoint in a new Trainer ends exactly where two epochs straight end."""

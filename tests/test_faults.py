@@ -34,7 +34,7 @@ from desupcon.study.profiles import PROFILES
 from desupcon.study.train import train
 
 SMOKE = PROFILES["smoke"]
-pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("one_thread")]
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 
 
 @pytest.fixture(scope="module")

@@ -6,6 +6,7 @@ A module imports only from its own layer and the layers below; no package import
 """
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -77,6 +78,7 @@ def test_imports_follow_the_rules(module):
         if layer is None:  # the top-level package imports nothing of its own at import time
             raise AssertionError(f"{where}: desupcon/__init__.py re-exports lazily (EXPORTS), it imports nothing")
         for target in _targets(imported, names):
+            assert target != module, f"{where}: a module importing itself"
             below = _layer(target)
             assert below is not None, f"{where}: import the module that defines a name, not the top-level package"
             same_folder = below == layer
@@ -116,3 +118,22 @@ def test_the_rules_catch_what_they_forbid(tmp_path):
         (".prepared", ["cache_root"], True)]
     assert _targets("desupcon.core", ["paths"]) == ["desupcon.core.paths"]
     assert LAYERS[_layer("desupcon.study.train")] > LAYERS[_layer("desupcon.engine.trainer")]
+
+
+def test_every_import_the_readme_and_the_top_level_show_works():
+    """The public names (README's examples, ``desupcon.EXPORTS``) stay importable wherever they moved."""
+    import importlib
+
+    import desupcon
+
+    readme = (PACKAGE.parent / "README.md").read_text()
+    lines = re.findall(r"^from (desupcon[\w.]*) import ([\w, ]+)$", readme, flags=re.M)
+    assert lines, "the README shows no import of the package"
+    for module, names in lines:
+        imported = importlib.import_module(module)
+        for name in (n.strip() for n in names.split(",")):
+            assert hasattr(imported, name), f"README: from {module} import {name} fails"
+    for name in desupcon.EXPORTS:
+        assert getattr(desupcon, name) is not None
+    with pytest.raises(AttributeError, match="has no attribute 'no_such_name'"):
+        desupcon.no_such_name

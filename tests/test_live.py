@@ -20,6 +20,7 @@ def _scalars(run_name):
     return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
 
 
+@pytest.mark.slow
 def test_tensorboard_writes_the_json_log_s_scalars_only_when_asked(tmp_path, monkeypatch, one_thread):
     pytest.importorskip("tensorboard")
     monkeypatch.setenv("DESUPCON_HOME", str(tmp_path))
@@ -36,6 +37,7 @@ def test_tensorboard_writes_the_json_log_s_scalars_only_when_asked(tmp_path, mon
         assert points == [(e["epoch"], pytest.approx(e[tag], rel=1e-6)) for e in epochs], tag
 
 
+@pytest.mark.slow
 def test_ctrl_c_says_in_one_line_where_the_run_resumes(tmp_path, monkeypatch, capsys, one_thread):
     monkeypatch.setenv("DESUPCON_HOME", str(tmp_path))
     real_epoch = engine.Trainer.epoch

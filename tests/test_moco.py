@@ -307,7 +307,7 @@ def smoke_run(smoke_trained, monkeypatch):
     return cfg, summary
 
 
-@pytest.mark.integration
+@pytest.mark.slow
 def test_checkpoints_load_safely_with_every_key(smoke_run):
     cfg, summary = smoke_run
     epochs = cfg.train.epochs
@@ -332,7 +332,7 @@ def test_checkpoints_load_safely_with_every_key(smoke_run):
     assert "moco_v3_smoke" in load_results("moco_v3_digits")  # recorded with every other run
 
 
-@pytest.mark.integration
+@pytest.mark.slow
 def test_resume_reproduces_the_uninterrupted_run(smoke_run, capsys):
     cfg, summary = smoke_run
     epochs = cfg.train.epochs
@@ -357,7 +357,7 @@ def test_resume_reproduces_the_uninterrupted_run(smoke_run, capsys):
     assert all(torch.equal(final["model"][key], value) for key, value in finished["model"].items())
 
 
-@pytest.mark.integration
+@pytest.mark.slow
 def test_finished_run_is_cached_and_a_changed_config_is_refused(smoke_run, capsys):
     cfg, _ = smoke_run
     before = checkpoint_path(cfg.name).stat().st_mtime_ns
@@ -373,7 +373,7 @@ def test_finished_run_is_cached_and_a_changed_config_is_refused(smoke_run, capsy
         pretrain(smoke_config("train.temperature=0.3"))
 
 
-@pytest.mark.integration
+@pytest.mark.slow
 def test_pretrained_encoder_beats_random_init_on_knn(smoke_run):
     cfg, _ = smoke_run
     random_init, pretrained = evaluate_checkpoints(SMOKE, [0, cfg.train.epochs])

@@ -292,6 +292,7 @@ def test_a_failed_read_reaches_the_training_step(tmp_path):
     prefetcher.close()
 
 
+@pytest.mark.slow
 def test_each_rank_streams_only_its_own_images(data_root, monkeypatch):
     """Rank 1 of 2 (the collectives are no-ops in one process): the prefetcher's thread reads that rank's
     half of each step's images, in the epoch's order, and ``gather`` hands exactly those over."""
@@ -320,6 +321,7 @@ def test_each_rank_streams_only_its_own_images(data_root, monkeypatch):
 
 # --- training end to end ---------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_moco_v3_pretrains_on_a_folder_with_the_same_result_streamed_or_on_the_device(data_root, monkeypatch, capsys):
     runs = {}
     for residency in ("device", "stream"):
@@ -339,6 +341,7 @@ def test_moco_v3_pretrains_on_a_folder_with_the_same_result_streamed_or_on_the_d
     assert device["mean"]["knn_top1"] > 100 / len(CLASSES)
 
 
+@pytest.mark.slow
 def test_a_distillation_student_trains_on_a_hugging_face_dataset_named_in_the_data_root(data_root):
     pytest.importorskip("datasets")
     cfg = PROFILES["smoke"].student_config("undistilled", dataset="hf", epochs=1)

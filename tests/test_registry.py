@@ -100,7 +100,7 @@ def _copy_teachers(src, dst):
             shutil.copy(src / folder / name, dst / folder / name)
 
 
-@pytest.mark.integration
+@pytest.mark.slow
 def test_a_registered_method_trains_end_to_end(margin, smoke_home, home, capsys):
     _copy_teachers(smoke_home, home)  # its own output root: the session's home never holds a 'margin' run
     cfg = SMOKE.student_config("margin", epochs=2, margin=1.0)

@@ -48,7 +48,7 @@ from desupcon.study.train import train
 
 SMOKE = PROFILES["smoke"]
 WALL_CLOCK = {"seconds", "train_seconds"}  # the only fields allowed to differ between two identical runs
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.slow
 
 
 def small_data(n_train):

@@ -17,6 +17,7 @@ def test_fold_carriage_returns_keeps_each_bar_s_final_state():
     assert rep.fold_carriage_returns(text) == "run: 100%|##| 10/10\n[done] run: test acc 90%\n"
 
 
+@pytest.mark.slow
 def test_a_failing_notebook_is_saved_summarised_and_only_its_dependents_are_skipped(tmp_path, monkeypatch, capsys):
     folder = tmp_path / "notebooks"
     folder.mkdir()

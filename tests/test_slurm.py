@@ -22,6 +22,7 @@ def test_waves_put_every_teacher_before_its_students():
         [TEACHER.name, undistilled.name], [PROJECTION.name], [crd.name]]
 
 
+@pytest.mark.slow
 def test_local_executor_trains_the_grid_in_waves_and_never_resubmits_a_finished_run(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("DESUPCON_HOME", str(tmp_path))
     monkeypatch.setenv("OMP_NUM_THREADS", "1")

@@ -39,6 +39,7 @@ def _overlap(a, b) -> bool:
     return a["start"] < b["end"] and b["start"] < a["end"]
 
 
+@pytest.mark.slow
 def test_two_workers_train_at_once_and_a_second_sweep_launches_nothing(monkeypatch, home):
     rows = run_sweep(STUDENTS, ["cpu", "cpu"])
     assert [row["status"] for row in rows] == ["trained"] * 4 and {row["device"] for row in rows} == {"cpu"}

@@ -21,7 +21,7 @@ from desupcon.study.profiles import PROFILES
 from desupcon.study.train import train
 
 SMOKE = PROFILES["smoke"]
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from desupcon.analysis.figures import plots
+from desupcon.analysis import plots
 from desupcon.core.artefacts import read_json
 from desupcon.core.paths import log_path, plots_dir
 from desupcon.data.augment import PRESETS, augment
