@@ -135,8 +135,10 @@ class DistillationTask(Task):
         if cfg.bank_k:
             self.bank = MomentumMemoryBank(len(data.train), cfg.proj_dim, momentum=cfg.bank_momentum, device=device)
         self.own = nn.ModuleDict(spec.modules(cfg, self.model, self.teacher) if spec.modules else {}).to(device)
+        self.own_forward = {name: dist.wrap(module) for name, module in self.own.items()}  # gradients averaged over ranks
         self.ddp = dist.wrap(self.model)
-        self.ddp_modules = [m for m in (self.ddp, self.teacher_head) if isinstance(m, nn.parallel.DistributedDataParallel)]
+        self.ddp_modules = [m for m in (self.ddp, self.teacher_head, *self.own_forward.values())
+                            if isinstance(m, nn.parallel.DistributedDataParallel)]
         self.forward = torch.compile(self.ddp) if cfg.compile and device.type == "cuda" else self.ddp
 
     def parameters(self) -> list:
@@ -217,7 +219,7 @@ class DistillationTask(Task):
         if spec.probe_head:  # contrastive students learn only from their loss; the classifier reads detached features
             logits = self.model.classifier(feats[:b].detach())
         out = StepOutputs(cfg, y, logits[:b], z[:b], z[b:] if spec.two_views else None, features=feats[:b],
-                          modules=dict(self.own.items()))
+                          modules=self.own_forward)
         if spec.needs_teacher:
             with torch.no_grad():
                 t_feats = self.teacher.backbone(torch.cat([x1, x2]) if spec.teacher_keys else x1)
