@@ -26,7 +26,7 @@ def _lw_supcrd(p: Profile, **changes) -> RunConfig:
 
 
 def baselines(p: Profile) -> list[RunConfig]:
-    return [p.student_config(m) for m in ("undistilled", "supcon", "crd", "kd")]
+    return [p.student_config(m) for m in ("undistilled", "supcon", "crd", "kd", "fitnets")]
 
 
 def lw_supcrd_sweeps(p: Profile) -> dict[str, list[RunConfig]]:
