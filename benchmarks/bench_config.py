@@ -26,8 +26,8 @@ MEASURE = """
 import json, time
 try:
     from desupcon.study.profiles import PROFILES
-except ImportError:  # a checkout from before the layered package
-    from desupcon.study.profiles import PROFILES
+except ImportError:  # a checkout from before the layered package, where profiles was a top-level module
+    PROFILES = __import__("desupcon.profiles", fromlist=["PROFILES"]).PROFILES
 profile = PROFILES["smoke"]
 clock = time.perf_counter
 t = clock(); cfg = profile.student_config("crd"); first = clock() - t
