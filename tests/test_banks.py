@@ -39,6 +39,25 @@ def test_bank_update_blends_and_renormalises():
     assert bank.labels.tolist() == [-1, 7, -1, 2, -1]
 
 
+def test_literal_bank_update_and_sampling_follow_the_write_up_line_by_line():
+    """The write-ups' ``memory[i] = 0.5 * memory_old[i] + 0.5 * feature_new[i]`` (no renormalisation) and
+    ``randperm(N)[:k]`` (the step's own slots may be drawn), against plain Python lists."""
+    bank = MomentumMemoryBank(6, 3, momentum=0.5, seed=1, renormalise=False)
+    old = bank.feats.tolist()
+    new = [[3.0, 0.0, 4.0], [0.0, 2.0, 0.0]]
+    bank.update(torch.tensor([4, 1]), torch.tensor(new))
+    expected = [row[:] for row in old]
+    for slot, row in zip([4, 1], new):
+        expected[slot] = [0.5 * a + 0.5 * b for a, b in zip(old[slot], row)]
+    assert torch.allclose(bank.feats, torch.tensor(expected), atol=1e-6)
+    assert bank.feats[4].norm() > 1.5  # not renormalised
+    drawn = {int(i) for _ in range(40) for i in bank.sample(2)[2]}  # no exclusion: every slot can come up
+    assert drawn == set(range(6))
+    g = torch.Generator().manual_seed(3)
+    _, _, indices = bank.sample(6, generator=g)
+    assert sorted(indices.tolist()) == list(range(6))
+
+
 def test_bank_update_with_other_momentum_and_without_labels():
     bank = MomentumMemoryBank(3, 2, momentum=0.75)
     bank.feats[0] = torch.tensor([1.0, 0.0])

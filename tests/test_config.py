@@ -189,3 +189,32 @@ def test_evaluation_recipe_and_results_group_come_from_the_config():
     assert RunConfig().probe_iterations == 100
     assert cfg.views_preset == "supcon" and SMOKE.student_config("kd").views_preset == "standard"
     assert cfg.replace(augment="moco").views_preset == "moco"
+
+
+def test_each_reading_of_the_write_ups_is_a_switch_with_its_own_run_name():
+    cifar = PROFILES["cifar100"]
+    stem = "student_alpha_1.0_beta_10.0_temp_0.07"
+    readings = {"adaptive_beta_source": ("student", "_studentbeta", ", student p"),
+                "positives": ("instance", "_instancepos", ", instance pos."),
+                "positive_terms": ("pooled", "_pooledpos", ", pooled pos.")}
+    for field, (value, suffix, label) in readings.items():
+        cfg = cifar.student_config("lw_supcrd", **{field: value})
+        assert cfg.name == f"{stem}{suffix}_resnet18_cifar100" and cfg.label.endswith(label)
+        with pytest.raises(ConfigError, match=f"'{field}' = '{value}': is read only by lw_supcrd, hybrid students"):
+            cifar.student_config("crd", **{field: value})
+
+
+def test_the_literal_bank_is_a_named_switch_of_runs_with_a_bank():
+    cifar = PROFILES["cifar100"]
+    cfg = cifar.student_config("lw_supcrd", recipe="bank_ablation", bank_k=4096, bank_literal=True)
+    assert cfg.name == "student_lwsupcrd_bank4096_banklit_resnet18_cifar100"
+    assert cfg.label.endswith(", literal bank (ablation)")
+    with pytest.raises(ConfigError, match="'bank_literal' = True: is a reading of the memory bank"):
+        cifar.student_config("lw_supcrd", bank_literal=True)
+
+
+def test_a_field_added_since_a_run_was_saved_counts_as_its_default():
+    stored = STUDENT.to_dict()
+    del stored["positive_terms"], stored["teacher"]["bank_literal"]  # as saved before those fields existed
+    assert STUDENT.diff(stored) == {}
+    assert STUDENT.replace(positive_terms="pooled").diff(stored) == {"positive_terms": ("each", "pooled")}

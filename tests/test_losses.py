@@ -37,7 +37,7 @@ def naive_crd(z_s, z_t, tau):
 
 
 def naive_lw_supcrd(z_s, labels_s, z_t, labels_t, teacher_probs, alpha, beta, tau, adaptive,
-                    in_batch_keys=None, target_probs=None, positives="class"):
+                    in_batch_keys=None, target_probs=None, positives="class", positive_terms="each"):
     s, t, p = z_s.tolist(), z_t.tolist(), teacher_probs.tolist()
     ys, yt = labels_s.tolist(), labels_t.tolist()
     q = [p[i][ys[i]] for i in range(len(s))] if target_probs is None else target_probs.tolist()
@@ -55,6 +55,10 @@ def naive_lw_supcrd(z_s, labels_s, z_t, labels_t, teacher_probs, alpha, beta, ta
         w_pull = alpha * p[i][y]
         beta_eff = beta / (q[i] + 0.5) if adaptive else beta
         push = sum(beta_eff * (1 - p[i][yt[k]]) * math.exp(dot(s[i], t[k]) / tau) for k in negatives)
+        if positive_terms == "pooled":  # one term: the pull on the sum over the positives
+            pull = w_pull * sum(math.exp(dot(s[i], t[j]) / tau) for j in positives_i)
+            losses.append(-math.log(pull / (pull + push)) / alpha)
+            continue
         total = 0.0
         for j in positives_i:
             pull = w_pull * math.exp(dot(s[i], t[j]) / tau)
@@ -121,6 +125,24 @@ def test_lw_supcrd_matches_naive_loop(labels_s, labels_t, adaptive):
     loss = lw_supcrd_loss(z_s, labels_s, z_t, labels_t, p, **kwargs)
     expected = naive_lw_supcrd(z_s, labels_s, z_t, labels_t, p, 2.0, 5.0, 0.1, adaptive)
     assert loss.item() == pytest.approx(expected, rel=1e-10)
+
+
+@pytest.mark.parametrize("adaptive", [False, True])
+def test_lw_supcrd_pooled_positive_terms_match_a_naive_loop(adaptive):
+    labels_s = torch.tensor([0, 1, 2, 0, 1, 2, 3, 0])
+    labels_t = torch.tensor([0, 1, 2, 0, 1, 2, 3, 0, 4, 1, 3, 4, 5])  # anchor 6's only positive is key 6
+    z_s, p = unit(8, 6, seed=6), probs(8, 6)
+    z_t = unit(13, 6, seed=7)
+    kwargs = dict(alpha=2.0, beta=5.0, temperature=0.1, adaptive_beta=adaptive)
+    pooled = lw_supcrd_loss(z_s, labels_s, z_t, labels_t, p, positive_terms="pooled", **kwargs)
+    expected = naive_lw_supcrd(z_s, labels_s, z_t, labels_t, p, 2.0, 5.0, 0.1, adaptive, positive_terms="pooled")
+    assert pooled.item() == pytest.approx(expected, rel=1e-10)
+    each = naive_lw_supcrd(z_s, labels_s, z_t, labels_t, p, 2.0, 5.0, 0.1, adaptive)
+    assert abs(pooled.item() - each) > 1e-3  # the two readings differ wherever an anchor has several positives
+    z = z_s.clone().requires_grad_(True)  # anchors without positives: no term and finite gradients
+    lw_supcrd_loss(z, torch.tensor([0, 1, 2, 0, 1, 2, 5, 0]), z_t[:8], labels_t[:8], p, positive_terms="pooled",
+                   **kwargs).backward()
+    assert torch.isfinite(z.grad).all()
 
 
 def test_lw_supcrd_in_batch_keys_makes_bank_keys_negatives():

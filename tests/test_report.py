@@ -43,3 +43,22 @@ def test_reference_points_are_labelled_as_the_cifar100_twin_and_listed_once():
     assert report.reference_points(summaries) == [
         dict(label="CRD + bank 4096 (ablation)", test_acc=69.56, alignment=0.8098, uniformity=-2.0739),
         dict(label="LW-SupCRD α=1 β=10", test_acc=73.35, alignment=1.1990, uniformity=-3.7104)]
+
+
+def test_tables_show_probe_and_head_and_keep_reference_numbers_off_rows_of_other_data():
+    cifar = PROFILES["cifar100"]
+    for profile in (SMOKE, cifar):
+        runs = [_summary(profile.student_config(m), [80.0]) for m in ("supcon", "undistilled")]
+        for s in runs:
+            s["std"] = {}
+            s["mean"].update(train_acc=95.0, gap=15.0, head_top1=78.0)
+        lines = report.table(runs).splitlines()
+        assert lines[0].startswith("| run | seeds | test_acc | train_acc | gap | head_top1 |")
+        if profile is SMOKE:  # digits rows carry no CIFAR-100 number; the twins' come in their own table
+            assert all("69.08" not in line for line in lines[:4]) and "reference" not in lines[0]
+            assert "Reference (the write-ups' published CIFAR-100 numbers, not digits)" in lines[5]
+            assert lines[-2:] == ["| SupCon | 69.08 | 0.4377 | -2.567 |", "| Undistilled | 67.93 | other space | other space |"]
+        else:  # CIFAR-100 rows: the reference beside ours, geometry only where measured in the same space
+            assert "reference test_acc (vs our probe)" in lines[0] and len(lines) == 4
+            assert lines[2].endswith("| 69.08 | 0.4377 | -2.567 |")
+            assert lines[3].endswith("| 67.93 | other space | other space |")

@@ -103,6 +103,7 @@ def test_a_changed_method_default_never_loads_the_old_run_silently(trained_home,
 @pytest.mark.parametrize("method,changes", [(m, {}) for m in student_methods()] + [
     ("crd", {"bank_k": 128}), ("lw_supcrd", {"bank_k": 128}), ("lw_supcrd", {"bank_k": 128, "bank_positives": True}),
     ("lw_supcrd", {"positives": "instance"}), ("lw_supcrd", {"adaptive_beta_source": "student"}),
+    ("lw_supcrd", {"positive_terms": "pooled"}), ("lw_supcrd", {"bank_k": 128, "bank_literal": True}),
 ])
 def test_every_student_method_trains(trained_home, method, changes):
     cfg = SMOKE.student_config(method, epochs=1, **changes)

@@ -170,8 +170,24 @@ class Config:
         """Checks across fields (overridden by configs that have some)."""
 
     def diff(self, stored: dict) -> dict[str, tuple]:
-        """Fields whose ``stored`` value (a checkpoint's config) differs from this config's."""
-        return config_diff(stored, self.to_dict())
+        """Fields whose ``stored`` value (a checkpoint's config) differs from this config's. A field the
+        stored config lacks (added to the class since the run was saved) counts as its default, the
+        behaviour the run was trained with, so adding a field at its default keeps every cache valid."""
+        return config_diff(_with_defaults(type(self), stored), self.to_dict())
+
+
+def _with_defaults(cls: type, stored: dict) -> dict:
+    """``stored`` (a ``to_dict``) with each field of ``cls`` it lacks at the field's default, sections included."""
+    out = dict(stored)
+    for f in dataclasses.fields(cls):
+        section = _section_type(field_types(cls)[f.name])
+        if f.name in out:
+            if section is not None and isinstance(out[f.name], dict):
+                out[f.name] = _with_defaults(section, out[f.name])
+        elif f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING:
+            value = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            out[f.name] = dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
+    return out
 
 
 def _section_type(hint):

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Recipe:
-    """What the trainer core reads from a run's config (``RunConfig.recipe``, ``MocoConfig.recipe``).
+    """What the trainer core reads from a run's config (``RunConfig.recipe``, ``SSLConfig.recipe``).
 
     batch_size: global images per forward; accum_steps forwards make one optimiser step.
     lr: the peak learning rate (after any batch scaling); schedule: "cosine" or "constant",

@@ -159,7 +159,7 @@ class Trainer:
     """State and step of one single-seed run of any kind.
 
     Args:
-        cfg: the run's single-seed config (``RunConfig`` or ``MocoConfig``).
+        cfg: the run's single-seed config (any registered task's: ``RunConfig``, ``SSLConfig``).
         data: train/test splits on ``device``.
         device: training device.
         teacher: the trained teacher (with projection head) for distillation runs that use one.

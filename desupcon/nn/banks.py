@@ -40,9 +40,11 @@ class MomentumMemoryBank(nn.Module):
     Memory bank of Wu et al. 2018 (https://arxiv.org/abs/1805.01978) as used by CRD
     (https://arxiv.org/abs/1910.10699). When image i is in the batch its slot is updated as
 
-        feats[i] ← normalize(m · feats[i] + (1 − m) · new_i),
+        feats[i] ← normalize(m · feats[i] + (1 − m) · new_i)
 
-    and ``sample`` draws random slots outside the batch to serve as extra teacher keys.
+    (without ``normalize`` when ``renormalise`` is off: the write-ups' literal
+    ``memory[i] = 0.5 × memory_old[i] + 0.5 × feature_new[i]``), and ``sample`` draws random slots,
+    by default outside the batch, to serve as extra teacher keys.
 
     Args:
         num_entries: number of slots, one per training image (e.g. 50,000 for CIFAR-100).
@@ -50,6 +52,7 @@ class MomentumMemoryBank(nn.Module):
         momentum: weight m ∈ [0, 1) kept from the old entry (default: 0.5; 0 overwrites).
         device: device of the buffers (default: None, the CPU).
         seed: seed of the random initialisation (default: 0).
+        renormalise: L2-normalise each blended row (default: True; False is the write-ups' literal update).
 
     Buffers (saved by ``state_dict()``):
         feats: (num_entries, dim) float32, L2-normalised rows; random unit vectors at first.
@@ -58,22 +61,22 @@ class MomentumMemoryBank(nn.Module):
             ``bank.labels.copy_(train_targets)`` once) before passing sampled labels to them.
     """
 
-    def __init__(self, num_entries, dim, momentum=0.5, device=None, seed=0):
+    def __init__(self, num_entries, dim, momentum=0.5, device=None, seed=0, renormalise=True):
         super().__init__()
         if not 0 <= momentum < 1:
             raise ValueError(f"momentum must lie in [0, 1), got {momentum}")
-        self.momentum = momentum
+        self.momentum, self.renormalise = momentum, renormalise
         self.register_buffer("feats", _random_unit_rows(num_entries, dim, seed, device))
         unknown = torch.full((num_entries,), -1, dtype=torch.long, device=device)
         self.register_buffer("labels", unknown)
 
     def extra_repr(self):
         num_entries, dim = self.feats.shape
-        return f"num_entries={num_entries}, dim={dim}, momentum={self.momentum}"
+        return f"num_entries={num_entries}, dim={dim}, momentum={self.momentum}, renormalise={self.renormalise}"
 
     @torch.no_grad()
     def update(self, indices, feats, labels=None):
-        """Blend new embeddings into their slots and renormalise.
+        """Blend new embeddings into their slots (and renormalise them, unless ``renormalise`` is off).
 
         Args:
             indices: (B,) distinct slot ids (dataset indices of the batch).
@@ -88,7 +91,8 @@ class MomentumMemoryBank(nn.Module):
         indices = indices.to(self.feats.device)
         old = self.feats[indices]  # (B, dim)
         new = feats.to(self.feats)  # (B, dim)
-        self.feats[indices] = F.normalize(self.momentum * old + (1 - self.momentum) * new, dim=1)
+        blended = self.momentum * old + (1 - self.momentum) * new  # (B, dim)
+        self.feats[indices] = F.normalize(blended, dim=1) if self.renormalise else blended
         if labels is not None:
             self.labels[indices] = labels.to(self.labels)
 

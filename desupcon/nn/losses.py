@@ -99,6 +99,12 @@ def supcon_loss(z: torch.Tensor, labels: torch.Tensor, temperature: float = 0.07
         ℓ_i  = -1/|P(i)| Σ_{p ∈ P(i)} log( exp(z_i·z_p/τ) / Σ_{a ≠ i} exp(z_i·z_a/τ) )
         loss = mean of ℓ_i over the anchors with |P(i)| ≥ 1
 
+    With ``positive_terms="pooled"`` (the write-ups' one-line formula read with the positives pooled)
+    each anchor has one term instead of one per positive::
+
+        ℓ_i  = -1/α · log( w_pull Σ_{j ∈ P(i)} e^{s_i·t_j/τ}
+                 / (w_pull Σ_{j ∈ P(i)} e^{s_i·t_j/τ} + Σ_{k ∈ N(i)} w_push(i,k) e^{s_i·t_k/τ}) )
+
     with P(i) = {p ≠ i : labels[p] = labels[i]}. Stack the two views along N and repeat the
     labels. Unlike the SupContrast reference code, the loss is not rescaled by τ/base_τ.
 
@@ -162,6 +168,7 @@ def lw_supcrd_loss(
     in_batch_keys: int | None = None,
     target_probs: torch.Tensor | None = None,
     positives: str = "class",
+    positive_terms: str = "each",
 ) -> torch.Tensor:
     """Logit-Weighted Supervised Contrastive Representation Distillation (LW-SupCRD).
 
@@ -203,6 +210,8 @@ def lw_supcrd_loss(
         positives: "class" (P(i) as above) or "instance" (P(i) = {i}: only key i, the same
             image's other view, is a positive; every other key, same-label ones included, is a
             push-weighted negative; needs M >= N) (default: "class").
+        positive_terms: "each" (one log-ratio per positive, averaged: SupCon's L_out) or "pooled"
+            (one log-ratio of the pooled positives per anchor) (default: "each").
 
     Returns:
         Scalar loss; a differentiable zero when no anchor has a positive.
@@ -221,6 +230,8 @@ def lw_supcrd_loss(
         raise ValueError(f"in_batch_keys must lie in [0, M={sizes['M']}], got {in_batch_keys}")
     if positives not in ("class", "instance"):
         raise ValueError(f"positives must be 'class' or 'instance', got {positives!r}")
+    if positive_terms not in ("each", "pooled"):
+        raise ValueError(f"positive_terms must be 'each' or 'pooled', got {positive_terms!r}")
     if positives == "instance" and sizes["M"] < sizes["N"]:
         raise ValueError(f"positives='instance' pairs anchor i with key i, so z_t needs M >= N rows, got "
                          f"M={sizes['M']} < N={sizes['N']}")
@@ -248,7 +259,11 @@ def lw_supcrd_loss(
     # logsumexp's backward produces on such an all -inf row.
     push = (log_w_push + logits).masked_fill(pos, float("-inf"))  # (N, M)
     push = push.logsumexp(1, keepdim=True)  # (N, 1)
-    log_prob = pull - torch.logaddexp(pull, push)  # (N, M)
+    if positive_terms == "pooled":
+        pull = pull.masked_fill(~pos, float("-inf")).logsumexp(1, keepdim=True)  # (N, 1) log w_pull Σ_P e^{s·t/τ}
+        pos = pos.any(1, keepdim=True)  # (N, 1): one term per anchor that has a positive
+        pull = pull.masked_fill(~pos, 0.0)  # an anchor without positives: no term, and no NaN in backward
+    log_prob = pull - torch.logaddexp(pull, push)  # (N, M) or (N, 1)
     return _mean_over_positives(log_prob, pos) / alpha
 
 

@@ -41,18 +41,20 @@ def lw_supcrd_sweeps(p: Profile) -> dict[str, list[RunConfig]]:
 
 def ambiguities(p: Profile) -> list[RunConfig]:
     """The headline LW-SupCRD point with each reading of the write-up that differs from our default:
-    the student's own probability in the adaptive beta, and instance positives."""
+    the student's own probability in the adaptive beta, instance positives and one pooled term per anchor."""
     return [p.student_config("lw_supcrd", adaptive_beta_source="student"),
-            p.student_config("lw_supcrd", positives="instance")]
+            p.student_config("lw_supcrd", positives="instance"),
+            p.student_config("lw_supcrd", positive_terms="pooled")]
 
 
 def bank_ablation(p: Profile) -> list[RunConfig]:
     """The write-ups' four runs, {CRD, LW-SupCRD} x {no bank, a bank of ``p.bank_k`` negatives per step}, under
-    the ablation recipe (``registry.BANK_ABLATION_RECIPE``), then the labelled variant: LW-SupCRD whose
-    same-label bank entries count as positives."""
+    the ablation recipe (``registry.BANK_ABLATION_RECIPE``), then two labelled variants of LW-SupCRD with a
+    bank: same-label bank entries counted as positives, and the write-ups' literal bank update and sampling."""
     runs = [p.student_config(method, recipe="bank_ablation", bank_k=k) for method in ("crd", "lw_supcrd")
             for k in (0, p.bank_k)]
-    return runs + [p.student_config("lw_supcrd", recipe="bank_ablation", bank_k=p.bank_k, bank_positives=True)]
+    return runs + [p.student_config("lw_supcrd", recipe="bank_ablation", bank_k=p.bank_k, bank_positives=True),
+                   p.student_config("lw_supcrd", recipe="bank_ablation", bank_k=p.bank_k, bank_literal=True)]
 
 
 def unique(configs: list[RunConfig]) -> list[RunConfig]:

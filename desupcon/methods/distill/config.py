@@ -63,12 +63,17 @@ class RunConfig(TaskConfig):
             write-up's curriculum claims).
         positives: LW-SupCRD's positives: "class" (every same-label teacher key) or "instance" (only the
             same image's teacher key, as the write-up's "127 in-batch negatives" suggests).
+        positive_terms: LW-SupCRD's terms: "each" (one log-ratio per positive, averaged) or "pooled" (one
+            log-ratio of the pooled positives per anchor, the write-ups' one-line formula read literally).
         hybrid_lambda: weight of SupCon in ``hybrid`` (lambda*supcon + (1-lambda)*lw_supcrd).
         kd_temperature, kd_weight: Hinton KD temperature and weight (loss = (1-w) CE + w KD).
         bank_k: memory-bank keys sampled per step (0 = no bank); the bank has one slot per image.
         bank_momentum: momentum of the memory-bank update.
         bank_positives: same-label bank entries count as LW-SupCRD positives, a labelled variant (False =
             every bank entry is a push-weighted negative: the write-up's "4,096 negatives").
+        bank_literal: the write-ups' bank as written: ``memory[i] = 0.5 memory_old[i] + 0.5 feature_new[i]``
+            without renormalising, and ``randperm(N)[:k]`` sampling that may draw the step's own images
+            (False = renormalised rows, never the step's own images) (run name ``_banklit``).
         augment: augmentation preset of the training views (``desupcon.data.augment.PRESETS``);
             "" = the method's default (``registry.Method.augment``).
         knn_k: neighbours of the weighted k-NN evaluation.
@@ -102,12 +107,14 @@ class RunConfig(TaskConfig):
     adaptive_beta: bool = True
     adaptive_beta_source: str = checked("teacher", "one of ['teacher', 'student']", lambda v: v in ("teacher", "student"))
     positives: str = checked("class", "one of ['class', 'instance']", lambda v: v in ("class", "instance"))
+    positive_terms: str = checked("each", "one of ['each', 'pooled']", lambda v: v in ("each", "pooled"))
     hybrid_lambda: float = checked(0.5, "in [0, 1]", _fraction)
     kd_temperature: float = checked(4.0, "in (0, 100]", lambda v: 0 < v <= 100)
     kd_weight: float = checked(0.9, "in [0, 1]", _fraction)
     bank_k: int = checked(0, ">= 0 (0 = no memory bank)", _non_negative)
     bank_momentum: float = checked(0.5, "in [0, 1)", _below_one)
     bank_positives: bool = False
+    bank_literal: bool = False
     augment: str = ""
     knn_k: int = checked(200, ">= 1", lambda v: v >= 1)
     probe_iterations: int = checked(100, ">= 1", lambda v: v >= 1)
@@ -256,7 +263,9 @@ class RunConfig(TaskConfig):
         readers = [n for n, m in METHODS.items() if "positives" in m.hyperparameters]
         check(not self.bank_positives or (self.bank_k and spec.name in readers), "bank_positives", True,
               f"is a variant of the LW-SupCRD bank ({', '.join(readers)} with bank_k > 0); set bank_positives=False")
-        for name, default in (("positives", "class"), ("adaptive_beta_source", "teacher")):
+        check(not self.bank_literal or self.bank_k, "bank_literal", True,
+              "is a reading of the memory bank, which this run does not use (bank_k=0); set bank_k > 0 or bank_literal=False")
+        for name, default in (("positives", "class"), ("positive_terms", "each"), ("adaptive_beta_source", "teacher")):
             check(getattr(self, name) == default or name in spec.hyperparameters, name, getattr(self, name),
                   f"is read only by {', '.join(readers)} students; keep '{default}' for method '{self.method}'")
         if self.uses_teacher:

@@ -113,6 +113,7 @@ class Method:
             return text
         text += f" + bank {cfg.bank_k}" if cfg.bank_k else ""
         text += ", bank pos." if cfg.bank_positives else ""
+        text += ", literal bank" if cfg.bank_literal else ""
         return text + (" (ablation)" if self.in_bank_ablation(cfg) else "")
 
     def in_bank_ablation(self, cfg) -> bool:
@@ -121,17 +122,19 @@ class Method:
 
     def reference_name(self, cfg) -> str:
         """The run's name as the write-ups spelled it: ``stem`` (or ``ablation_stem`` and the bank), the bank,
-        ``_<arch>_<dataset>``, ``name_suffix``; ``_bankpos`` marks the same-label-positives bank variant."""
+        ``_<arch>_<dataset>``, ``name_suffix``; ``_bankpos`` marks the same-label-positives bank variant,
+        ``_banklit`` the write-ups' literal bank update and sampling."""
         if self.in_bank_ablation(cfg):
             stem = f"{self.ablation_stem}_" + (f"bank{cfg.bank_k}" if cfg.bank_k else "nobank")
         else:
             stem = (self.stem(cfg) if self.stem else self.name) + (f"_bank{cfg.bank_k}" if cfg.bank_k else "")
         stem += "_bankpos" if cfg.bank_positives else ""
+        stem += "_banklit" if cfg.bank_literal else ""
         return f"{stem}_{cfg.arch}_{cfg.dataset}{self.name_suffix}"
 
     def named_fields(self, cfg) -> set[str]:
         """The config fields ``reference_name`` spells out (the rest are hashed into the run name)."""
-        spelled = {"role", "method", "arch", "dataset", "bank_k", "bank_positives"}
+        spelled = {"role", "method", "arch", "dataset", "bank_k", "bank_positives", "bank_literal"}
         if self.in_bank_ablation(cfg):
             return spelled | set(BANK_ABLATION_RECIPE)
         return spelled | set(self.hyperparameters)
@@ -201,7 +204,7 @@ def _lw_supcrd(out):
                           out.teacher_logits.float().softmax(dim=1), alpha=cfg.alpha, beta=cfg.beta,
                           temperature=cfg.temperature, adaptive_beta=cfg.adaptive_beta,
                           in_batch_keys=None if cfg.bank_positives else out.in_batch_keys,
-                          target_probs=target_probs, positives=cfg.positives)
+                          target_probs=target_probs, positives=cfg.positives, positive_terms=cfg.positive_terms)
 
 
 def _hybrid(out):
@@ -222,7 +225,8 @@ def _lw_label(name: str):
         text += "" if cfg.temperature == 0.07 else f" τ={_number(cfg.temperature)}"
         text += "" if cfg.adaptive_beta else ", fixed β"
         text += ", student p" if cfg.adaptive_beta_source == "student" else ""
-        return text + (", instance pos." if cfg.positives == "instance" else "")
+        text += ", instance pos." if cfg.positives == "instance" else ""
+        return text + (", pooled pos." if cfg.positive_terms == "pooled" else "")
     return label
 
 
@@ -231,11 +235,12 @@ def _lw_stem(prefix: str):
         name = f"{prefix}alpha_{cfg.alpha}_beta_{cfg.beta}_temp_{cfg.temperature}"
         name += "" if cfg.adaptive_beta else "_fixedbeta"
         name += "_studentbeta" if cfg.adaptive_beta_source == "student" else ""
-        return name + ("_instancepos" if cfg.positives == "instance" else "")
+        name += "_instancepos" if cfg.positives == "instance" else ""
+        return name + ("_pooledpos" if cfg.positive_terms == "pooled" else "")
     return stem
 
 
-_LW = ("alpha", "beta", "temperature", "adaptive_beta", "adaptive_beta_source", "positives")
+_LW = ("alpha", "beta", "temperature", "adaptive_beta", "adaptive_beta_source", "positives", "positive_terms")
 _TEACHER_RECIPE = dict(arch="resnet50", epochs=200, optimizer="sgd", lr=0.1, weight_decay=5e-4, schedule="cosine",
                        warmup_epochs=1)
 

@@ -133,7 +133,8 @@ class DistillationTask(Task):
             self.model = self.model.to(memory_format=torch.channels_last)
         self.bank = None
         if cfg.bank_k:
-            self.bank = MomentumMemoryBank(len(data.train), cfg.proj_dim, momentum=cfg.bank_momentum, device=device)
+            self.bank = MomentumMemoryBank(len(data.train), cfg.proj_dim, momentum=cfg.bank_momentum, device=device,
+                                           renormalise=not cfg.bank_literal)
         self.own = nn.ModuleDict(spec.modules(cfg, self.model, self.teacher) if spec.modules else {}).to(device)
         self.own_forward = {name: dist.wrap(module) for name, module in self.own.items()}  # gradients averaged over ranks
         self.ddp = dist.wrap(self.model)
@@ -233,7 +234,8 @@ class DistillationTask(Task):
             if self.bank is not None:
                 batch = dist.gather(idx)  # (BW,) the whole step's images, the same on every rank
                 with torch.no_grad():  # the shared order_gen draws the same slots on every rank
-                    bank_z, bank_y, _ = self.bank.sample(cfg.bank_k, exclude=batch, generator=self.trainer.order_gen)
+                    bank_z, bank_y, _ = self.bank.sample(cfg.bank_k, exclude=None if cfg.bank_literal else batch,
+                                                         generator=self.trainer.order_gen)
                 out.teacher_keys = torch.cat([out.teacher_keys, bank_z])
                 out.key_labels = torch.cat([out.key_labels, bank_y])
                 self.bank.update(batch, dist.gather(keys.detach().float()), dist.gather(y))
