@@ -37,8 +37,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from desupcon.data.datasets import Data, ImageDataset
-from desupcon.data.stream import ArrayFile
+from desupcon.images.datasets import Data, ImageDataset
+from desupcon.images.stream import ArrayFile
 from machine import cpu_model
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -16,7 +16,7 @@ from sklearn.preprocessing import StandardScaler
 
 from desupcon.analysis.figures import config_of
 from desupcon.analysis.report import label
-from desupcon.data.datasets import Data
+from desupcon.images.datasets import Data
 from desupcon.engine.evaluate import embed, linear_probe
 from desupcon.engine.runs import load_results
 from desupcon.methods.distill.task import load_model

@@ -47,8 +47,8 @@ from PIL import Image
 from torch.utils.flop_counter import FlopCounterMode
 from torchvision import transforms as T
 
-from desupcon.data.augment import two_views
-from desupcon.data.datasets import CIFAR_MEAN_STD, Data, ImageDataset
+from desupcon.images.augment import two_views
+from desupcon.images.datasets import CIFAR_MEAN_STD, Data, ImageDataset
 from desupcon.engine.trainer import Trainer
 from desupcon.nn.banks import MomentumMemoryBank
 from desupcon.nn.losses import lw_supcrd_loss

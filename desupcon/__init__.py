@@ -3,7 +3,7 @@
 The package is layered; each layer imports only from itself and the layers below (README:
 Architecture; ``tests/test_layers.py`` enforces it):
 
-``core`` (errors, paths, artefacts, config machinery, checks, DDP helpers) -> ``data`` (sources,
+``core`` (errors, paths, artefacts, config machinery, checks, DDP helpers) -> ``images`` (sources,
 prepared cache, streaming, datasets, augmentation) and ``nn`` (networks, heads, losses, banks) ->
 ``engine`` (``Recipe``, the ``Task`` base and registry, trainer, evaluation, metrics, memory tracing,
 run cache) -> ``methods`` (distillation and self-supervised tasks, which register themselves) ->

@@ -116,9 +116,9 @@ def cmd_memory(args) -> None:
 
 
 def cmd_prepare_data(args) -> None:
-    """Decode a source once into the prepared cache (``desupcon.data.prepared``); print each entry and its size."""
-    from desupcon.data.datasets import prepare_data
-    from desupcon.data.prepared import human_bytes
+    """Decode a source once into the prepared cache (``desupcon.images.prepared``); print each entry and its size."""
+    from desupcon.images.datasets import prepare_data
+    from desupcon.images.prepared import human_bytes
 
     entries = prepare_data(args.source, args.size, args.split, args.image_column, args.label_column, args.workers)
     for split, entry in entries:

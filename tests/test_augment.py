@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from desupcon.data.augment import AugmentConfig, PRESETS, augment, normalize, two_views
+from desupcon.images.augment import AugmentConfig, PRESETS, augment, normalize, two_views
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 

@@ -8,7 +8,7 @@ import pytest
 
 from desupcon.__main__ import main
 from desupcon.core.errors import DatasetUnavailableError
-from desupcon.data.datasets import load_dataset
+from desupcon.images.datasets import load_dataset
 from desupcon.methods.distill.registry import runnable
 from desupcon.study.profiles import CONFIGS
 

@@ -30,8 +30,8 @@ import torch.multiprocessing as mp
 from desupcon.core import distributed as dist
 from desupcon.core.artefacts import load_checkpoint
 from desupcon.core.paths import checkpoint_path, snapshot_path
-from desupcon.data.augment import normalize
-from desupcon.data.datasets import Data, ImageDataset, load_splits
+from desupcon.images.augment import normalize
+from desupcon.images.datasets import Data, ImageDataset, load_splits
 from desupcon.engine import trainer as engine
 from desupcon.engine.trainer import Trainer
 from desupcon.methods.ssl.base import build_model

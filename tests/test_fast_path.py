@@ -25,7 +25,7 @@ from torch.optim import optimizer as torch_optimizer
 from tqdm import tqdm
 
 from desupcon.core import checks
-from desupcon.data.datasets import Data, ImageDataset, load_splits
+from desupcon.images.datasets import Data, ImageDataset, load_splits
 from desupcon.engine.trainer import Trainer, native_bf16, resolve_fast
 from desupcon.methods.distill.config import RunConfig
 from desupcon.nn.models import ModelWrapper, fold_batchnorm

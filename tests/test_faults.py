@@ -24,7 +24,7 @@ from desupcon.core.artefacts import atomic_save, atomic_write_json, load_checkpo
 from desupcon.core.checks import GRAD_NORM_BOUND, LOSS_BOUND, WEIGHT_BOUND
 from desupcon.core.errors import ArtefactWriteError, CheckpointError, ConfigError, DivergenceError, StaleRunError
 from desupcon.core.paths import checkpoint_path, comprehensive_path, log_path
-from desupcon.data.datasets import Data, ImageDataset, load_splits
+from desupcon.images.datasets import Data, ImageDataset, load_splits
 from desupcon.engine import evaluate, trainer as engine
 from desupcon.engine.evaluate import EvalConfig
 from desupcon.methods.distill import registry

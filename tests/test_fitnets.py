@@ -8,7 +8,7 @@ import torch.nn as nn
 from desupcon.core.artefacts import load_checkpoint
 from desupcon.core.errors import ConfigError
 from desupcon.core.paths import checkpoint_path
-from desupcon.data.datasets import Data
+from desupcon.images.datasets import Data
 from desupcon.engine.evaluate import evaluate_encoder
 from desupcon.methods.distill.fitnets import hint_loss
 from desupcon.methods.distill.registry import METHODS, runnable

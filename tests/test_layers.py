@@ -1,6 +1,6 @@
 """The import rules of the package (README: Architecture), read from its syntax trees.
 
-Layers, bottom to top: core -> data and nn -> engine -> methods -> study -> analysis -> the CLI.
+Layers, bottom to top: core -> images and nn -> engine -> methods -> study -> analysis -> the CLI.
 A module imports only from its own layer and the layers below; no package import inside a function
 (the CLI entry point aside); no private name of another module; no ``unittest.mock``; no import circle.
 """
@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "desupcon"
-LAYERS = {"core": 0, "data": 1, "nn": 1, "engine": 2, "methods": 3, "study": 4, "analysis": 5, "__main__": 6}
+LAYERS = {"core": 0, "images": 1, "nn": 1, "engine": 2, "methods": 3, "study": 4, "analysis": 5, "__main__": 6}
 LAZY_IMPORTS_ALLOWED = {"desupcon.__main__"}  # keeps --help and argument errors fast
 
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from desupcon.__main__ import main
-from desupcon.data.datasets import Data, load_splits
+from desupcon.images.datasets import Data, load_splits
 from desupcon.engine import memory
 from desupcon.engine.task import task_for
 from desupcon.engine.trainer import Trainer

@@ -20,11 +20,11 @@ from PIL import Image, ImageDraw
 
 from desupcon.__main__ import main
 from desupcon.core.errors import ConfigError, DatasetUnavailableError
-from desupcon.data import datasets as data_module
-from desupcon.data.datasets import Data, DataSpec, DatasetName, prepare_data
-from desupcon.data.prepared import Prepared
-from desupcon.data.sources import fit_image, in_holdout
-from desupcon.data.stream import ArrayFile, Prefetcher
+from desupcon.images import datasets as data_module
+from desupcon.images.datasets import Data, DataSpec, DatasetName, prepare_data
+from desupcon.images.prepared import Prepared
+from desupcon.images.sources import fit_image, in_holdout
+from desupcon.images.stream import ArrayFile, Prefetcher
 from desupcon.engine import memory
 from desupcon.methods.ssl.config import load_config
 from desupcon.study.profiles import PROFILES

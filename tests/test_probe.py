@@ -10,7 +10,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import StandardScaler
 
-from desupcon.data.datasets import Data
+from desupcon.images.datasets import Data
 from desupcon.engine import metrics
 from desupcon.engine.evaluate import embed, knn_accuracy, linear_probe
 from desupcon.nn.models import ModelWrapper

@@ -15,8 +15,8 @@ from desupcon.analysis.reference_results import REFERENCE_RESULTS
 from desupcon.core.artefacts import load_checkpoint
 from desupcon.core.errors import ConfigError
 from desupcon.core.paths import checkpoint_path
-from desupcon.data.augment import PRESETS
-from desupcon.data.datasets import Data
+from desupcon.images.augment import PRESETS
+from desupcon.images.datasets import Data
 from desupcon.engine.evaluate import embed, evaluate_encoder
 from desupcon.engine.runs import load_results
 from desupcon.engine.task import TASKS, task_for

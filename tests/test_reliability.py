@@ -53,7 +53,7 @@ pytestmark = pytest.mark.slow
 
 def small_data(n_train):
     """The first ``n_train`` digits training images (the whole test split), on the CPU."""
-    from desupcon.data.datasets import Data, ImageDataset, load_splits
+    from desupcon.images.datasets import Data, ImageDataset, load_splits
 
     tr, te = load_splits("digits")
     return Data(ImageDataset(tr.name, tr.images[:n_train].clone(), tr.labels[:n_train].clone(), tr.num_classes,

@@ -13,7 +13,7 @@ from desupcon.analysis.figures import draw_run, figure_paths
 from desupcon.core.artefacts import load_checkpoint, read_json
 from desupcon.core.errors import ConfigError
 from desupcon.core.paths import checkpoint_path, log_path, snapshot_path
-from desupcon.data.datasets import Data
+from desupcon.images.datasets import Data
 from desupcon.engine.evaluate import evaluate_encoder
 from desupcon.engine.task import task_for
 from desupcon.methods.ssl.base import load_encoder

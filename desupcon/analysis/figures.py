@@ -12,8 +12,8 @@ import torch
 from desupcon.analysis import plots
 from desupcon.core.artefacts import read_json
 from desupcon.core.paths import log_path, plots_dir
-from desupcon.data.augment import PRESETS, augment
-from desupcon.data.datasets import Data
+from desupcon.images.augment import PRESETS, augment
+from desupcon.images.datasets import Data
 from desupcon.engine.evaluate import embed
 from desupcon.engine.task import TaskConfig, task_for
 from desupcon.engine.trainer import default_device

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from desupcon.core.checks import require_finite
 from desupcon.core.config import Config, checked
-from desupcon.data.augment import PRESETS, augment, normalize
+from desupcon.images.augment import PRESETS, augment, normalize
 from desupcon.engine.metrics import representation_metrics, rows_per_block, uniformity
 
 
@@ -194,7 +194,7 @@ def evaluate_encoder(encoder: nn.Module, data, settings, seed: int, image_size: 
 
     Args:
         encoder: the network; its projections are the contrastive space the metrics measure.
-        data: ``desupcon.data.datasets.Data`` (labelled train and test splits).
+        data: ``desupcon.images.datasets.Data`` (labelled train and test splits).
         settings: ``EvalConfig`` (k-NN neighbours and temperature, probe iterations).
         seed: RNG seed of the two augmented test views.
         image_size: the side the encoder was trained at (default: the dataset's own).

@@ -34,14 +34,14 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.distributed._tools.mem_tracker import MemTracker
 
 from desupcon.core import checks, distributed as dist
-from desupcon.data.datasets import Data, ImageDataset
+from desupcon.images.datasets import Data, ImageDataset
 from desupcon.engine.task import task_for
 from desupcon.engine.trainer import build_optimizer, train_step
 
 CARDS_GB = (8, 16, 24, 40, 80)
 HEADROOM = 0.10  # of a card left for the CUDA context, allocator fragmentation and workspaces
 GIB = 2 ** 30
-# name -> (train images, test images, side, classes), as desupcon.data.datasets loads them (RGB uint8)
+# name -> (train images, test images, side, classes), as desupcon.images.datasets loads them (RGB uint8)
 DATASET_SHAPES = {"digits": (1437, 360, 16, 10), "cifar10": (50_000, 10_000, 32, 10),
                   "cifar100": (50_000, 10_000, 32, 100), "stl10": (5_000, 8_000, 96, 10)}
 # MemTracker's categories -> the names printed

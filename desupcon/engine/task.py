@@ -36,7 +36,7 @@ class TaskConfig(Config):
     name: the run's name without the seed (file stem of its artefacts).
     recipe: the ``Recipe`` the trainer core follows.
     evaluation: the ``EvalConfig`` of the frozen-feature evaluation at the end.
-    dataset: the dataset name ``desupcon.data.datasets.Data.load`` reads.
+    dataset: the dataset name ``desupcon.images.datasets.Data.load`` reads.
     image_size: the side the evaluation reads images at (None: the dataset's own).
     label: a short name for figures and tables, e.g. "LW-SupCRD α=1 β=10".
     caption: what a figure of the run shows: data, split, profile or run, seed.

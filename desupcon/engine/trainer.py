@@ -28,7 +28,7 @@ from desupcon.core.artefacts import CHECKPOINT_FORMAT, atomic_link, atomic_save,
 from desupcon.core.checks import GRAD_NORM_BOUND, LOSS_BOUND, WEIGHT_BOUND
 from desupcon.core.errors import CheckpointError, DivergenceError
 from desupcon.core.paths import checkpoint_path, log_path, snapshot_path
-from desupcon.data.datasets import Data
+from desupcon.images.datasets import Data
 from desupcon.engine.evaluate import evaluate_run
 from desupcon.engine.live import EpochWriter
 from desupcon.engine.recipe import Recipe, lr_factor

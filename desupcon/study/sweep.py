@@ -24,7 +24,7 @@ from pathlib import Path
 
 from desupcon.core.errors import CheckpointError, ConfigError, StaleRunError
 from desupcon.core.paths import log_path
-from desupcon.data.datasets import load_splits
+from desupcon.images.datasets import load_splits
 from desupcon.engine.runs import cached_checkpoint
 from desupcon.engine.task import TaskConfig
 from desupcon.methods import config_from_dict

@@ -19,7 +19,7 @@ import torch
 from desupcon.core import distributed as dist
 from desupcon.core.artefacts import content_hash, read_json
 from desupcon.core.paths import checkpoint_path, log_path, saved_snapshots, snapshot_path
-from desupcon.data.datasets import Data
+from desupcon.images.datasets import Data
 from desupcon.engine.runs import dependents, record
 from desupcon.engine.task import TaskConfig, task_for
 from desupcon.engine.trainer import default_device, fit

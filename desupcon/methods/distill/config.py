@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from typing import Optional
 
 from desupcon.core.config import checked, coerce_value, require_field, short_hash
-from desupcon.data.augment import PRESETS
-from desupcon.data.datasets import dataset_names
+from desupcon.images.augment import PRESETS
+from desupcon.images.datasets import dataset_names
 from desupcon.engine.evaluate import EvalConfig
 from desupcon.engine.recipe import Recipe
 from desupcon.engine.task import TaskConfig
@@ -44,8 +44,8 @@ class RunConfig(TaskConfig):
         method: a record of ``desupcon.methods.distill.registry.METHODS`` ("ce" for the teacher, "supcon" for its
             projection head, a student method for students).
         profile: the profile that produced this config ("smoke", "cifar100"); part of cache identity.
-        dataset: a dataset of ``desupcon.data.datasets.dataset_names()``: a built-in, or a folder of ``$DESUPCON_DATA``
-            holding your own images (read at 32x32, ``desupcon.data.datasets.OWN_DATA_SIZE``; README: Your own data).
+        dataset: a dataset of ``desupcon.images.datasets.dataset_names()``: a built-in, or a folder of ``$DESUPCON_DATA``
+            holding your own images (read at 32x32, ``desupcon.images.datasets.OWN_DATA_SIZE``; README: Your own data).
         arch: a backbone of ``desupcon.nn.models.ARCHS`` (CIFAR stem: 3x3 conv, no max-pool).
         width: channels of the first ResNet stage (64 = standard; smaller for smoke).
         proj_dim: dimension of the L2-normalised projection (64).
@@ -74,7 +74,7 @@ class RunConfig(TaskConfig):
         bank_literal: the write-ups' bank as written: ``memory[i] = 0.5 memory_old[i] + 0.5 feature_new[i]``
             without renormalising, and ``randperm(N)[:k]`` sampling that may draw the step's own images
             (False = renormalised rows, never the step's own images) (run name ``_banklit``).
-        augment: augmentation preset of the training views (``desupcon.data.augment.PRESETS``);
+        augment: augmentation preset of the training views (``desupcon.images.augment.PRESETS``);
             "" = the method's default (``registry.Method.augment``).
         knn_k: neighbours of the weighted k-NN evaluation.
         probe_iterations: the most L-BFGS iterations of the linear probe (``EvalConfig``).

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from desupcon.core import distributed as dist
 from desupcon.core.paths import checkpoint_path
-from desupcon.data.augment import PRESETS, augment
+from desupcon.images.augment import PRESETS, augment
 from desupcon.engine.evaluate import embed
 from desupcon.engine.memory import announce_line
 from desupcon.engine.runs import cached_checkpoint

@@ -17,8 +17,8 @@ from desupcon.core import distributed as dist
 from desupcon.core.artefacts import atomic_write_json, load_checkpoint
 from desupcon.core.errors import ConfigError, StaleRunError
 from desupcon.core.paths import eval_path, saved_snapshots, snapshot_path
-from desupcon.data.augment import PRESETS, augment
-from desupcon.data.datasets import Data
+from desupcon.images.augment import PRESETS, augment
+from desupcon.images.datasets import Data
 from desupcon.engine.evaluate import evaluate_encoder
 from desupcon.engine.memory import announce_line
 from desupcon.engine.runs import describe_diff

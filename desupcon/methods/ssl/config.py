@@ -15,9 +15,9 @@ from dataclasses import dataclass
 
 from desupcon.core.config import Config, checked, read_yaml
 from desupcon.core.errors import ConfigError
-from desupcon.data.augment import PRESETS
-from desupcon.data.datasets import DataSpec, DatasetName, dataset_names
-from desupcon.data.sources import BUILTIN_SPLITS
+from desupcon.images.augment import PRESETS
+from desupcon.images.datasets import DataSpec, DatasetName, dataset_names
+from desupcon.images.sources import BUILTIN_SPLITS
 from desupcon.engine.evaluate import EvalConfig
 from desupcon.engine.recipe import Recipe
 from desupcon.engine.task import TASKS, TaskConfig, task_for
@@ -32,9 +32,9 @@ class DataConfig(Config):
     """Section ``data`` (README: Your own data).
 
     dataset: the dataset's name, which results are grouped under: with ``source: ""`` a built-in of
-        ``desupcon.data.datasets.DATASETS`` or a folder of ``$DESUPCON_DATA`` (``desupcon.data.datasets.dataset_names``),
+        ``desupcon.images.datasets.DATASETS`` or a folder of ``$DESUPCON_DATA`` (``desupcon.images.datasets.dataset_names``),
         else any plain name for your images.
-    source: where pretraining reads its images (``desupcon.data.sources``): "" = the dataset named ``dataset``,
+    source: where pretraining reads its images (``desupcon.images.sources``): "" = the dataset named ``dataset``,
         else a built-in name, a folder of images (ImageFolder layout, or flat: unlabelled) or a Hugging
         Face dataset on disk (``save_to_disk`` or parquet), absolute or relative to ``$DESUPCON_DATA``.
     split: the split(s) of the source pretraining reads, '+' joins them (STL-10: train, unlabeled,
@@ -44,7 +44,7 @@ class DataConfig(Config):
     image_column, label_column: the columns of a Hugging Face source ("" label column = unlabelled).
     image_size: side of the square views fed to the backbone (96 for ViT-S/16 on STL-10), and the side
         your own images are stored at in the prepared cache (built-ins keep their own).
-    augment: view preset of ``desupcon.data.augment.PRESETS``: "moco" (asymmetric blur/solarise) or
+    augment: view preset of ``desupcon.images.augment.PRESETS``: "moco" (asymmetric blur/solarise) or
         "satellite" (discrete rotations, both flips, pixel-space noise).
     """
 
@@ -174,7 +174,7 @@ class SSLConfig(TaskConfig):
     @property
     def dataset(self) -> str:
         """``data.dataset``, carrying the ``data`` section's source, splits, columns and side as the
-        ``desupcon.data.datasets.DataSpec`` that ``Data.load`` reads."""
+        ``desupcon.images.datasets.DataSpec`` that ``Data.load`` reads."""
         d = self.data
         return DatasetName(DataSpec(d.dataset, d.source, d.split, d.eval_source, d.image_column, d.label_column,
                                     d.image_size))

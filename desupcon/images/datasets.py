@@ -4,8 +4,8 @@ The embedded dataset is scikit-learn's bundled ``load_digits`` (1,797 real 8x8 d
 to 16x16 RGB, a fixed stratified 80/20 split). CIFAR-10/100 and STL-10 (splits train, test,
 unlabeled) come through ``torchvision.datasets``, downloaded to ``data_root()``: ``$DESUPCON_DATA``, by
 default ``data/`` in the output home (``$DESUPCON_HOME``, by default the repository root), whatever
-the working directory. Your own images (``desupcon.data.sources``: a folder of images, a Hugging Face
-dataset on disk) are decoded once into the prepared cache (``desupcon.data.prepared``) and read from there.
+the working directory. Your own images (``desupcon.images.sources``: a folder of images, a Hugging Face
+dataset on disk) are decoded once into the prepared cache (``desupcon.images.prepared``) and read from there.
 
 A run names its data with a ``DataSpec``: a dataset name alone (a distillation run's
 ``RunConfig.dataset``: a built-in, or a folder of ``data_root()`` read at ``OWN_DATA_SIZE``), or the
@@ -16,7 +16,7 @@ evaluation reads another labelled train split, that one too.
 Residency (``$DESUPCON_RESIDENCY``, default ``auto``): ``device`` keeps every split on the training
 device; ``stream`` keeps the training split (and a separate labelled train split) in its prepared
 file on the host, ``ImageDataset.gather`` reading each step's images ahead of the step
-(``desupcon.data.stream``), and the test split, which the evaluation augments on the device, on the
+(``desupcon.images.stream``), and the test split, which the evaluation augments on the device, on the
 device; ``auto`` picks ``device`` when all splits take at most ``AUTO_SHARE`` of the free memory of
 the device (of the host for the CPU), and says so. Views are made from the same uint8 images
 either way, so a run's result does not depend on its residency.
@@ -36,9 +36,9 @@ import torch.nn.functional as F
 from desupcon.core import distributed as dist
 from desupcon.core.errors import ConfigError, DatasetUnavailableError
 from desupcon.core.paths import data_root
-from desupcon.data.prepared import Prepared, human_bytes, prepare, store_builtin, stored_builtin
-from desupcon.data.sources import BUILTIN_SIDES, BUILTIN_SPLITS, Source, resolve, split_parts, splits_of
-from desupcon.data.stream import ArrayFile, Prefetcher
+from desupcon.images.prepared import Prepared, human_bytes, prepare, store_builtin, stored_builtin
+from desupcon.images.sources import BUILTIN_SIDES, BUILTIN_SPLITS, Source, resolve, split_parts, splits_of
+from desupcon.images.stream import ArrayFile, Prefetcher
 
 CIFAR_MEAN_STD = {
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
@@ -219,7 +219,7 @@ class DataSpec:
 
     name: the dataset's name in run names and results: a built-in, or a name for your own data.
     source: where training reads images from: "" = the dataset named ``name`` (a built-in, or the folder
-        ``data_root()/name``), else a source string (``desupcon.data.sources``: a folder or a Hugging Face dataset).
+        ``data_root()/name``), else a source string (``desupcon.images.sources``: a folder or a Hugging Face dataset).
     split: the split(s) of the source training reads ('+' joins them: ``train+unlabeled``).
     eval_source: the labelled train and test splits of the k-NN and linear probe: "" = those of the source.
     image_column, label_column: columns of a Hugging Face source ("" label column = unlabelled).
@@ -311,13 +311,13 @@ def prepare_data(text: str, size: int | None, splits=(), image_column: str = "im
     """Decode a source into the prepared cache ahead of a run (``python -m desupcon prepare-data``).
 
     Args:
-        text: a source string (``desupcon.data.sources``): a built-in name, a folder or a Hugging Face dataset.
+        text: a source string (``desupcon.images.sources``): a built-in name, a folder or a Hugging Face dataset.
         size: the side to store your own images at (the run's ``data.image_size``); built-ins keep
             their own (None, or that side).
         splits: the splits to prepare, each a split or several joined by '+' (default: every split
             the source has).
         image_column, label_column: the columns of a Hugging Face source.
-        workers: decoding processes (default: ``desupcon.data.prepared``'s).
+        workers: decoding processes (default: ``desupcon.images.prepared``'s).
 
     Returns ``(split, entry)`` for each split.
     """

@@ -20,7 +20,7 @@ unlabelled one has ``train`` only. ``a+b`` joins splits in that order (``train+u
 
 ``listing(source, split)`` says what a split holds before decoding: the files or rows, their labels
 (-1 = unlabelled), the class names, the files that are not images, and a hash of the file list.
-``decode_chunk`` (which ``desupcon.data.prepared`` runs in worker processes) decodes a chunk of them,
+``decode_chunk`` (which ``desupcon.images.prepared`` runs in worker processes) decodes a chunk of them,
 converts each to RGB and resizes it into a uint8 array.
 """
 
@@ -38,7 +38,7 @@ from desupcon.core.paths import cache_root, data_root
 
 BUILTIN_SPLITS = {"digits": ("train", "test"), "cifar10": ("train", "test"), "cifar100": ("train", "test"),
                   "stl10": ("train", "test", "unlabeled")}
-BUILTIN_SIDES = {"digits": 16, "cifar10": 32, "cifar100": 32, "stl10": 96}  # as desupcon.data.datasets loads them
+BUILTIN_SIDES = {"digits": 16, "cifar10": 32, "cifar100": 32, "stl10": 96}  # as desupcon.images.datasets loads them
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")  # ImageFolder's
 HOLDOUT = 5  # a labelled source without a test split keeps 1 in HOLDOUT images of every class as its test split
 HF_MARKERS = ("dataset_dict.json", "state.json")  # what save_to_disk writes at the top of its folder

@@ -38,7 +38,7 @@ from tqdm import tqdm
 from desupcon.core.artefacts import atomic_write_json, read_json
 from desupcon.core.errors import CheckpointError, DatasetUnavailableError
 from desupcon.core.paths import cache_root
-from desupcon.data.sources import BUILTIN_SIDES, Listing, Source, decode_chunk, listing
+from desupcon.images.sources import BUILTIN_SIDES, Listing, Source, decode_chunk, listing
 
 FORMAT = 1
 SHOWN_SKIPS = 3  # unreadable files named in the warning (the manifest lists them all)
@@ -93,7 +93,7 @@ def prepare(source: Source, split: str, size: int, workers: int | None = None) -
     missing, incomplete or older than the source's file list.
 
     Args:
-        source: a ``desupcon.data.sources.Source`` of kind "folder" or "hf".
+        source: a ``desupcon.images.sources.Source`` of kind "folder" or "hf".
         split: a split of it, or several joined by ``+``.
         size: side of the stored square images.
         workers: decoding processes (default: the CPU cores this process may use, at most 16).
@@ -116,7 +116,7 @@ def stored_builtin(source: Source, split: str) -> Prepared | None:
 
 
 def store_builtin(source: Source, split: str, dataset) -> Prepared:
-    """Store ``dataset`` (a ``desupcon.data.datasets.ImageDataset`` in host memory: the built-in ``split`` of ``source``)
+    """Store ``dataset`` (a ``desupcon.images.datasets.ImageDataset`` in host memory: the built-in ``split`` of ``source``)
     as its entry, at its own side."""
     folder = entry_folder(source, split, BUILTIN_SIDES[source.location])
     folder.mkdir(parents=True, exist_ok=True)
