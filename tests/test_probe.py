@@ -12,7 +12,7 @@ from sklearn.preprocessing import StandardScaler
 
 from desupcon.images.datasets import Data
 from desupcon.engine import metrics
-from desupcon.engine.evaluate import embed, knn_accuracy, linear_probe
+from desupcon.engine.evaluate import EvalConfig, embed, evaluate_encoder, knn_accuracy, linear_probe, topk_accuracy
 from desupcon.nn.models import ModelWrapper
 from desupcon.study.profiles import PROFILES
 
@@ -166,3 +166,14 @@ def test_probe_and_knn_run_on_the_features_device(digits_pixels):
     assert linear_probe(*on_gpu, 10)["top1"] == pytest.approx(linear_probe(*digits_pixels, 10)["top1"], abs=1.0)
     assert knn_accuracy(*on_gpu, 10, k=20)["top1"] == pytest.approx(knn_accuracy(*digits_pixels, 10, k=20)["top1"],
                                                                      abs=0.5)
+
+
+def test_the_jointly_trained_classifier_reports_its_train_accuracy_and_gap_beside_the_probe():
+    data = Data.load("digits", "cpu")
+    torch.manual_seed(0)
+    model = ModelWrapper(data.train.num_classes, "resnet18", width=4).eval()
+    results = evaluate_encoder(model, data, EvalConfig(probe_iterations=20), seed=0)
+    logits = embed(model, data.train.images, data.train.mean, data.train.std)[2]
+    assert results["head_train_top1"] == topk_accuracy(logits, data.train.labels, ks=(1,))[0]
+    assert results["head_gap"] == results["head_train_top1"] - results["head_top1"]
+    assert results["gap"] == results["train_acc"] - results["test_acc"]  # the probe's, reported as test_acc

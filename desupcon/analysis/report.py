@@ -34,13 +34,15 @@ def _reference_cells(summary: dict) -> list[str] | None:
             for m in REFERENCE_METRICS]
 
 
-def table(summaries: list[dict], metrics=("test_acc", "train_acc", "gap", "head_top1", "alignment", "uniformity"),
+def table(summaries: list[dict],
+          metrics=("test_acc", "train_acc", "gap", "head_top1", "head_train_top1", "head_gap", "alignment", "uniformity"),
           reference_columns: bool = True) -> str:
     """A Markdown table, one row per run: ``metric (mean ± std over seeds)`` and ``Δ vs SupCon``.
 
     ``test_acc``, ``train_acc`` and ``gap`` are the linear probe fitted on frozen backbone features after
     training (our reading of the write-ups' "separate linear classifier on frozen features");
-    ``head_top1`` is the classifier trained alongside on detached features (README: Ambiguities).
+    ``head_top1``, ``head_train_top1`` and ``head_gap`` are the classifier trained alongside on detached
+    features (README: Ambiguities).
     With ``reference_columns`` the reference (published CIFAR-100) numbers of the same configuration are
     shown, their accuracy compared with our probe: in the run's own row for a CIFAR-100 run, and for a
     run on another dataset (the ``smoke`` profile) in a separate table labelled with its CIFAR-100 twin,

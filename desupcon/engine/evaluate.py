@@ -3,7 +3,8 @@
 ``evaluate_encoder`` gives the same keys for a teacher, a student and a MoCo-v3 encoder: linear
 probe (``probe_top1``, ``probe_top5``, ``probe_train_top1``), weighted k-NN (``knn_top1``,
 ``knn_top5``), ``train_acc`` and ``gap``, alignment, uniformity and class distances on two augmented
-views of the test set, and ``head_top1``/``head_top5`` where the network has a classifier.
+views of the test set, and where the network has a classifier ``head_top1``/``head_top5`` with its
+train accuracy on the clean train images (``head_train_top1``) and ``head_gap``.
 ``test_acc`` is the number a run reports: the linear probe, or the classifier for the teacher and
 its projection run. All computations stay on the device of the features; only the final numbers
 are read back. The linear probe is scikit-learn's L2-penalised logistic regression fitted to
@@ -207,7 +208,7 @@ def evaluate_encoder(encoder: nn.Module, data, settings, seed: int, image_size: 
     """
 
     train, test = data.train, data.test
-    f_tr = embed(encoder, train.images, train.mean, train.std, size=image_size)[0]
+    f_tr, _, *logits_tr = embed(encoder, train.images, train.mean, train.std, size=image_size)
     f_te, z_te, *logits_te = embed(encoder, test.images, test.mean, test.std, size=image_size)
     for name, values in (("the train features", f_tr), ("the test features", f_te), ("the test projections", z_te)):
         require_finite(name, values, where)
@@ -215,7 +216,11 @@ def evaluate_encoder(encoder: nn.Module, data, settings, seed: int, image_size: 
                          max_iterations=settings.probe_iterations)
     knn = knn_accuracy(f_tr, train.labels, f_te, test.labels, test.num_classes, k=settings.knn_k,
                        temperature=settings.knn_temperature)
-    head = dict(zip(("head_top1", "head_top5"), topk_accuracy(logits_te[0], test.labels))) if logits_te else {}
+    head = {}
+    if logits_te:  # the classifier trained alongside: test top-1/top-5, train top-1 on clean images, their gap
+        head = dict(zip(("head_top1", "head_top5"), topk_accuracy(logits_te[0], test.labels)))
+        head["head_train_top1"] = topk_accuracy(logits_tr[0], train.labels, ks=(1,))[0]
+        head["head_gap"] = head["head_train_top1"] - head["head_top1"]
     gen = torch.Generator(device=test.images.device).manual_seed(seed)
     view = lambda c: lambda batch: augment(batch, c, test.mean, test.std, gen, image_size)
     space = 1 if trained_head else 0  # index of the embedding in the encoder's outputs
