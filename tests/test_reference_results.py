@@ -68,13 +68,14 @@ def test_the_two_no_bank_lw_supcrd_numbers_belong_to_two_runs():
     assert reference_for(ablation.to_dict())["test_acc"] == 74.76
 
 
-def test_notebook_04_runs_the_four_ablation_configurations_and_one_labelled_variant():
+def test_notebook_04_runs_the_four_ablation_configurations_and_two_labelled_variants():
     runs = experiments.grid("04_memory_bank_ablation", CIFAR)
     assert [cfg.name for cfg in runs] == [f"student_baseline_crd_nobank{_S}", f"student_baseline_crd_bank4096{_S}",
                                           f"student_lwsupcrd_nobank{_S}", f"student_lwsupcrd_bank4096{_S}",
-                                          f"student_lwsupcrd_bank4096_bankpos{_S}"]
-    variant = runs[-1]
-    assert variant.bank_positives and reference_for(variant.to_dict()) is None
+                                          f"student_lwsupcrd_bank4096_bankpos{_S}", f"student_lwsupcrd_bank4096_banklit{_S}"]
+    positives, literal = runs[-2:]
+    assert positives.bank_positives and reference_for(positives.to_dict()) is None
+    assert literal.bank_literal and reference_for(literal.to_dict()) is None
 
 
 @pytest.mark.parametrize("changes", [dict(positives="instance"), dict(adaptive_beta_source="student"),

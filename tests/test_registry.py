@@ -174,7 +174,7 @@ def test_each_student_method_gets_what_its_record_asks_for(method):
     else:
         with pytest.raises(ConfigError, match="a memory bank is used only by crd, lw_supcrd, hybrid students"):
             SMOKE.student_config(method, bank_k=64)
-    switches = {"positives": "instance", "adaptive_beta_source": "student"}  # the non-default choice
+    switches = {"positives": "instance", "adaptive_beta_source": "student", "positive_terms": "pooled"}  # non-default
     for field in m.hyperparameters:  # the name spells each named hyperparameter
         value = getattr(cfg, field)
         other = cfg.replace(**{field: switches[field] if field in switches else

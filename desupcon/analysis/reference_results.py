@@ -52,7 +52,7 @@ REFERENCE_RESULTS: dict[str, dict] = {
 
 def cifar100_twin(cfg):
     """The ``cifar100`` profile's config of the same run as ``cfg``: same role, method, named
-    hyperparameters, student recipe, bank use and variants; None for a student whose recipe is neither
+    hyperparameters, student recipe, bank use and variants (``bank_positives``, ``bank_literal``); None for a student whose recipe is neither
     of the write-ups' two."""
 
     p = PROFILES["cifar100"]
@@ -67,7 +67,8 @@ def cifar100_twin(cfg):
         return None
     named = {h: getattr(cfg, h) for h in cfg.spec.hyperparameters}
     return p.student_config(cfg.method, recipe=recipe, bank_k=p.bank_k if cfg.bank_k else 0,
-                            bank_positives=cfg.bank_positives, **named, **dict(cfg.params))
+                            bank_positives=cfg.bank_positives, bank_literal=cfg.bank_literal, **named,
+                            **dict(cfg.params))
 
 
 def reference_for(config: dict) -> dict | None:
