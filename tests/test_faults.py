@@ -168,7 +168,8 @@ def test_a_changed_teacher_makes_its_students_stale_and_force_retrain_cascades(t
     first = train(cfg, data=tiny)
     teacher, projection = cfg.teacher.teacher, cfg.teacher
     lineage = read_json(log_path(cfg.name))["lineage"]
-    assert lineage["teacher"]["run"] == projection.name and len(lineage["teacher"]["content_hash"]) == 64
+    assert lineage["teacher"]["run"] == projection.name and len(lineage["teacher"]["fingerprint"]) == 64
+    assert set(lineage) == {"teacher", "data.train", "data.test"} and len(lineage["data.train"]["fingerprint"]) == 64
 
     # the teacher's file now holds other weights (another GPU run, a copy from elsewhere): every run on it is stale
     path = checkpoint_path(teacher.name)
@@ -180,8 +181,8 @@ def test_a_changed_teacher_makes_its_students_stale_and_force_retrain_cascades(t
         train(cfg, data=tiny)
     message = str(err.value)
     assert message.startswith(f"cached run {checkpoint_path(projection.name)} was built from another teacher: "
-                              f"{teacher.name} had content "), message
-    assert "(it was retrained since); retrain it with FORCE_RETRAIN=True (or --force-retrain)" in message
+                              f"teacher run {teacher.name} had fingerprint "), message
+    assert message.endswith("now; retrain it with --force-retrain (FORCE_RETRAIN=True in a notebook), or delete the file")
     assert checkpoint_path(cfg.name).read_bytes() == student_bytes  # nothing overwritten
 
     capsys.readouterr()
@@ -345,6 +346,8 @@ def test_a_full_disk_names_the_file_and_the_bytes_and_the_run_resumes_after_spac
         train(cfg, data=tiny)
         assert f"[resume] {name}: from epoch 1 of 2" in capsys.readouterr().out
         assert load_checkpoint(path)["complete"] and temp_files(root) == []
+        resumed_from = {"epoch": 1, "fingerprint": store.content_hash(epoch_1["model"])}
+        assert read_json(log_path(name))["resumes"] == [resumed_from]  # the run's identity names what it resumed
     finally:
         subprocess.run(["umount", str(root)], capture_output=True)
 

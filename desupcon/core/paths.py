@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import os
 import re
+import tempfile
 from pathlib import Path
+
+from desupcon.core.errors import ArtefactWriteError
 
 REPOSITORY = Path(__file__).resolve().parents[2]  # the checkout holding configs/ and notebooks/ (for a clone)
 
@@ -80,3 +83,21 @@ def cache_root() -> Path:
 
 def tensorboard_dir(run_name: str) -> Path:
     return Path(output_root()) / "tensorboard" / run_name
+
+
+def require_writable(folder: Path, what: str) -> None:
+    """Raise ``ArtefactWriteError`` unless files can be created in ``folder`` (made if missing): checked
+    before a run computes anything, so a read-only home fails at once, not at the first save.
+
+    Args:
+        folder: the folder to check, e.g. ``output_root()``.
+        what: how messages name it, e.g. ``"the output home ($DESUPCON_HOME)"``.
+    """
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as err:
+        raise ArtefactWriteError(f"{what} {folder} is not writable ({err.strerror or err}), so no run could be saved; "
+                                 f"nothing was computed: make it writable, or point the variable at a writable "
+                                 f"folder") from None

@@ -148,6 +148,12 @@ class Task:
         return None
 
     @classmethod
+    def weight_files(cls, cfg: TaskConfig) -> dict[str, str]:
+        """The weight files a run of ``cfg`` loads, by the config field naming each (e.g.
+        ``{"model.teacher_weights": path}``): the engine fingerprints them into the run's identity."""
+        return {}
+
+    @classmethod
     def trained_encoder(cls, cfg: TaskConfig, device="cpu") -> nn.Module:
         """The encoder of a finished run, from its saved weights, in eval mode."""
         raise NotImplementedError(f"{cls.__name__} cannot load a finished run")

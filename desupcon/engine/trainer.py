@@ -24,7 +24,8 @@ import torch
 from tqdm import tqdm
 
 from desupcon.core import distributed as dist
-from desupcon.core.artefacts import CHECKPOINT_FORMAT, atomic_link, atomic_save, atomic_write_json, read_json
+from desupcon.core.artefacts import (CHECKPOINT_FORMAT, atomic_link, atomic_save, atomic_write_json, content_hash,
+                                     read_json)
 from desupcon.core.checks import GRAD_NORM_BOUND, LOSS_BOUND, WEIGHT_BOUND
 from desupcon.core.errors import CheckpointError, DivergenceError
 from desupcon.core.paths import checkpoint_path, log_path, snapshot_path
@@ -319,18 +320,19 @@ def _checkpoint_status(run_name: str, saved_epoch: int) -> str:
 
 
 def fit(cfg, run_name: str, data: Data, device, force_retrain: bool = False, teacher=None,
-        lineage: dict | None = None, fast: bool | str = "auto") -> dict:
+        inputs: dict | None = None, fast: bool | str = "auto") -> dict:
     """Train one single-seed run (or load it from the store), evaluate it, and return its results.
 
-    A complete cached checkpoint with an equal config and ``lineage`` (the content hashes of the
-    artefacts the run is built from, e.g. ``{"teacher": {"run", "content_hash"}}``) is reused, its
-    training log rewritten if it went missing; a partial one is resumed exactly; one trained with
-    another config or from other inputs raises ``StaleRunError``. A divergence raises
+    A complete cached checkpoint with an equal config and ``inputs`` (the fingerprints of what the run
+    reads, ``desupcon.engine.runs.check_inputs``; saved as its ``"lineage"``) is reused, its training log
+    rewritten if it went missing; a partial one is resumed exactly (its log records each resume: the
+    epoch and the fingerprint of the weights it resumed from); one trained with another config or from
+    other inputs raises ``StaleRunError``. A divergence raises
     ``DivergenceError`` saying whether a good checkpoint exists and where; nothing diverged is saved.
     ``fast`` is the ``Trainer``'s (default: "auto").
     """
 
-    ckpt = cached_checkpoint(cfg, run_name, force_retrain, lineage)
+    ckpt = cached_checkpoint(cfg, run_name, force_retrain, inputs)
     path = checkpoint_path(run_name)
     if ckpt is not None and ckpt["complete"]:
         if dist.is_main():
@@ -338,10 +340,12 @@ def fit(cfg, run_name: str, data: Data, device, force_retrain: bool = False, tea
             _restore_log(cfg, run_name, ckpt)
         return ckpt["results"]
     trainer = Trainer(cfg, data, device, teacher, fast=fast)
-    history = []
+    history, identity = [], {"lineage": inputs or {}, "resumes": []}
     if ckpt is not None:
         trainer.load_state_dict(ckpt)
         history = ckpt["history"]
+        identity["resumes"] = ckpt.get("resumes", []) + [{"epoch": ckpt["epoch"],
+                                                            "fingerprint": content_hash(ckpt["model"])}]
         if dist.is_main():
             print(f"[resume] {run_name}: from epoch {ckpt['epoch']} of {trainer.recipe.epochs} ({path})")
     trainer.task.announce()
@@ -357,10 +361,10 @@ def fit(cfg, run_name: str, data: Data, device, force_retrain: bool = False, tea
             if live is not None:
                 live.add(history[-1])
             if (epoch + 1) % r.checkpoint_every == 0 or epoch + 1 == r.epochs:
-                _save(cfg, run_name, trainer, history, complete=False, lineage=lineage)
+                _save(cfg, run_name, trainer, history, identity, complete=False)
                 saved_epoch = len(history)
             elif dist.is_main():
-                _write_log(cfg, run_name, history, complete=False, results=None, lineage=lineage)
+                _write_log(cfg, run_name, history, identity, complete=False)
         bar.close()
         results = evaluate_run(cfg, trainer.task.encoder(), data.evaluation, history, run_name) if dist.is_main() else None
     except DivergenceError as err:
@@ -373,16 +377,18 @@ def fit(cfg, run_name: str, data: Data, device, force_retrain: bool = False, tea
         bar.close()  # an error message starts on a line of its own
         if live is not None:
             live.close()
-    _save(cfg, run_name, trainer, history, complete=True, results=results, lineage=lineage)
+    _save(cfg, run_name, trainer, history, identity, complete=True, results=results)
     results = dist.broadcast_object(results)  # the other ranks wait here for rank 0's evaluation and checkpoint
     if dist.is_main():
         print(f"[done] {run_name}: test acc {results['test_acc']:.2f}% | checkpoint {path} | log {log_path(run_name)}")
     return results
 
 
-def _save(cfg, run_name: str, trainer: Trainer, history: list, complete: bool, results: dict | None = None,
-          lineage: dict | None = None):
+def _save(cfg, run_name: str, trainer: Trainer, history: list, identity: dict, complete: bool,
+          results: dict | None = None):
     """Checkpoint and JSON log of the run, written by rank 0 (every rank calls it: see ``Trainer.state_dict``).
+
+    ``identity``: ``{"lineage": the run's input fingerprints, "resumes": [{"epoch", "fingerprint"}, ...]}``.
 
     A run that keeps snapshots links each epoch checkpoint to ``pth_models/<run>/epoch_<E>.pth``.
     """
@@ -391,18 +397,18 @@ def _save(cfg, run_name: str, trainer: Trainer, history: list, complete: bool, r
         return
     state = {"format": CHECKPOINT_FORMAT, "config": cfg.to_dict(), "run_name": run_name, "complete": complete,
              "epoch": len(history), "history": history, "num_classes": trainer.data.train.num_classes,
-             "lineage": lineage or {}, **trainer_state}
+             **identity, **trainer_state}
     if results is not None:
         state["results"] = results
     path = atomic_save(state, checkpoint_path(run_name))
     if trainer.recipe.snapshots and not complete:
         atomic_link(path, snapshot_path(run_name, len(history)))
-    _write_log(cfg, run_name, history, complete, results, lineage)
+    _write_log(cfg, run_name, history, identity, complete, results)
 
 
-def _write_log(cfg, run_name: str, history: list, complete: bool, results: dict | None, lineage: dict | None):
+def _write_log(cfg, run_name: str, history: list, identity: dict, complete: bool, results: dict | None = None):
     atomic_write_json({"run_name": run_name, "config": cfg.to_dict(), "complete": complete, "epochs": history,
-                       "results": results, "lineage": lineage or {}}, log_path(run_name))
+                       "results": results, **identity}, log_path(run_name))
 
 
 def _restore_log(cfg, run_name: str, ckpt: dict):
@@ -415,5 +421,6 @@ def _restore_log(cfg, run_name: str, ckpt: dict):
         problem = "missing"
     except CheckpointError as err:
         problem = f"damaged ({str(err).split(';')[0].removeprefix(str(path)).strip()})"
-    _write_log(cfg, run_name, ckpt["history"], True, ckpt["results"], ckpt.get("lineage"))
+    identity = {"lineage": ckpt.get("lineage") or {}, "resumes": ckpt.get("resumes", [])}
+    _write_log(cfg, run_name, ckpt["history"], identity, True, ckpt["results"])
     print(f"[cache] {run_name}: its training log {path} was {problem}; rewritten from the checkpoint")

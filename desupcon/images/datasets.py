@@ -378,6 +378,16 @@ class Data:
         """The labelled train and test splits the k-NN and linear probe read."""
         return self if self.labelled is None else Data(self.labelled, self.test)
 
+    def fingerprints(self) -> dict[str, dict]:
+        """PLACEHOLDER until the prepared-cache branch lands."""
+        import hashlib
+        found = {}
+        for role, d in (("data.train", self.train), ("data.test", self.test), ("data.labelled", self.labelled)):
+            if d is not None:
+                h = hashlib.sha256(d.images.cpu().numpy().tobytes() + d.labels.cpu().numpy().tobytes()).hexdigest()
+                found[role] = {"source": d.name, "split": role, "files": "builtin", "content": h}
+        return found
+
     @classmethod
     def load(cls, name: str, device, residency_choice: str | None = None) -> "Data":
         """The data of ``name`` on ``device``: a dataset name of ``dataset_names()``, or a ``DatasetName``

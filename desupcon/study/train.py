@@ -5,9 +5,11 @@ is not cached), then trains each seed with ``desupcon.engine.fit`` (or loads it 
 store) and records the summary, mean and std over seeds, in the comprehensive results. It draws
 nothing: figures are an analysis step over saved runs (``desupcon.analysis.figures``).
 
-Lineage: a run records the content hash of the teacher run it was built from, so a cached run whose
-teacher changed is stale (``StaleRunError`` names it), and retraining a run with ``force_retrain``
-retrains every cached run built on it, down the chain (teacher -> projection head -> students).
+Run identity: a run records the fingerprints of every input it reads (``desupcon.engine.runs``): each
+data split, the teacher run it was built from and every weight file its task loads. A cached run
+whose inputs changed is stale (``StaleRunError`` names the input), and retraining a run with
+``force_retrain`` retrains every cached run built on it, down the chain (teacher -> projection head
+-> students).
 """
 
 from __future__ import annotations
@@ -18,9 +20,9 @@ import torch
 
 from desupcon.core import distributed as dist
 from desupcon.core.artefacts import content_hash, read_json
-from desupcon.core.paths import checkpoint_path, log_path, saved_snapshots, snapshot_path
+from desupcon.core.paths import checkpoint_path, log_path, output_root, require_writable, saved_snapshots, snapshot_path
 from desupcon.images.datasets import Data
-from desupcon.engine.runs import dependents, record
+from desupcon.engine.runs import data_inputs, dependents, file_fingerprint, record
 from desupcon.engine.task import TaskConfig, task_for
 from desupcon.engine.trainer import default_device, fit
 from desupcon.methods import config_from_dict
@@ -38,17 +40,22 @@ def train(cfg: TaskConfig, force_retrain: bool = False, data: Data | None = None
     ``fast`` is ``desupcon.engine.trainer.Trainer``'s mixed-precision choice (True, False or "auto", the default).
     """
     cfg.validate()
+    require_writable(output_root(), "the output home ($DESUPCON_HOME)")
     device = torch.device(device) if device else default_device()
     with dist.main_first():  # rank 0 downloads a missing dataset before the other ranks read it
         data = data or Data.load(cfg.dataset, device)
     cfg.validate(num_train=len(data.train), world_size=dist.world_size())
-    teacher_model, lineage = None, None
+    inputs = data_inputs(data.fingerprints())
+    for field, path in task_for(cfg).weight_files(cfg).items():
+        inputs[field] = {"what": f"file {path}", "fingerprint": file_fingerprint(path)}
+    teacher_model = None
     for upstream in cfg.upstream():
         train(upstream, data=data, device=device, fast=fast)
         teacher_model = task_for(upstream).trained_encoder(upstream, device=device)
-        lineage = {"teacher": {"run": upstream.run_name(upstream.seed),
-                               "content_hash": content_hash(teacher_model.state_dict())}}
-    runs = [fit(cfg.for_seed(seed), cfg.run_name(seed), data, device, force_retrain, teacher_model, lineage, fast)
+        name = upstream.run_name(upstream.seed)
+        inputs["teacher"] = {"what": f"teacher run {name}", "run": name,
+                             "fingerprint": content_hash(teacher_model.state_dict())}
+    runs = [fit(cfg.for_seed(seed), cfg.run_name(seed), data, device, force_retrain, teacher_model, inputs, fast)
             for seed in cfg.seeds]
     summary = summarize(cfg, runs)
     if dist.is_main():

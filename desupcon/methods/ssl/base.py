@@ -21,7 +21,7 @@ from desupcon.images.augment import PRESETS, augment
 from desupcon.images.datasets import Data
 from desupcon.engine.evaluate import evaluate_encoder
 from desupcon.engine.memory import announce_line
-from desupcon.engine.runs import describe_diff
+from desupcon.engine.runs import data_inputs, describe_diff, file_fingerprint
 from desupcon.engine.task import Task, task_for
 from desupcon.engine.trainer import default_device
 from desupcon.methods.ssl.config import ModelConfig, SSLConfig, load_config
@@ -169,14 +169,16 @@ def evaluate_checkpoints(config_path, epochs, overrides=(), device=None) -> list
         overrides: ``"section.key=value"`` overrides, as given to ``pretrain`` (default: none).
         device: evaluation device (default: CUDA if available, else the CPU).
 
-    Writes ``json_results/<out_dir>_checkpoint_eval.json``; returns one dict per epoch (``"epoch"`` and
+    Writes ``json_results/<out_dir>_checkpoint_eval.json``, with the fingerprints of the data and of every
+    snapshot file it read (``desupcon.engine.runs``); returns one dict per epoch (``"epoch"`` and
     the schema's keys: ``knn_top1``, ``probe_top1``, ``probe_top5``, ``alignment``, ...). Plot them
     with ``desupcon.analysis.plots.plot_accuracy_vs_epoch``.
     """
 
     cfg = load_config(config_path, overrides)
     device = torch.device(device) if device else default_device()
-    data = Data.load(cfg.dataset, device).evaluation
+    loaded = Data.load(cfg.dataset, device)
+    data, fingerprints = loaded.evaluation, loaded.fingerprints()
     points = []
     for epoch in sorted(set(epochs)):
         results = evaluate_encoder(load_encoder(cfg, epoch, device), data, cfg.evaluation, cfg.seed,
@@ -184,5 +186,9 @@ def evaluate_checkpoints(config_path, epochs, overrides=(), device=None) -> list
         points.append({"epoch": epoch, **results})
         print(f"epoch {epoch:4d}: k-NN top-1 {results['knn_top1']:.2f}% | linear top-1 {results['probe_top1']:.2f}%, "
               f"top-5 {results['probe_top5']:.2f}%")
-    atomic_write_json({"name": cfg.name, "config": cfg.to_dict(), "points": points}, eval_path(cfg.name))
+    files = {e: snapshot_path(cfg.name, e) for e in sorted(set(epochs)) if e}
+    snapshots = {"0": {"what": f"the random initialisation (seed {cfg.seed})"}} if 0 in epochs else {}
+    snapshots |= {str(e): {"what": f"file {path}", "fingerprint": file_fingerprint(path)} for e, path in files.items()}
+    atomic_write_json({"name": cfg.name, "config": cfg.to_dict(), "inputs": data_inputs(fingerprints),
+                       "snapshots": snapshots, "points": points}, eval_path(cfg.name))
     return points

@@ -169,6 +169,11 @@ class ViTKDTask(TwoViewTask):
         return build_kd_model(cfg.model, backbone, feature_dim, pretrained, input_stats)
 
     @classmethod
+    def weight_files(cls, cfg: SSLConfig) -> dict[str, str]:
+        """The teacher's weights file, when ``model.teacher_weights`` names one (hub weights are not fingerprinted)."""
+        return {"model.teacher_weights": cfg.model.teacher_weights} if cfg.model.teacher_weights else {}
+
+    @classmethod
     def check_config(cls, cfg: SSLConfig, fail) -> None:
         if not is_timm_model(cfg.model.teacher_name):
             raise fail("model.teacher_name", cfg.model.teacher_name, "must name the teacher of method 'vit_kd': a "
