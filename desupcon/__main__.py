@@ -221,11 +221,11 @@ def main(argv=None) -> int:
         os.environ[ENV] = "1"  # read by every run of this process and of its sweep workers
     try:
         args.fn(args)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as err:
         from desupcon.core.paths import output_root
 
-        print(f"\ninterrupted: nothing finished is lost; rerun the same command to resume each unfinished run from "
-              f"its last epoch checkpoint in {output_root() / 'pth_models'}", file=sys.stderr)
+        print(f"\n{err}" if str(err) else f"\n[interrupted] nothing finished is lost; rerun the same command to resume "
+              f"each unfinished run from its last epoch checkpoint in {output_root() / 'pth_models'}", file=sys.stderr)
         return 130
     except (ConfigError, DatasetUnavailableError, CheckpointError, StaleRunError, DivergenceError, ArtefactWriteError,
             FileNotFoundError, StudyIncomplete) as err:

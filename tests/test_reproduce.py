@@ -1,8 +1,15 @@
 """`python -m desupcon reproduce`: a failing notebook is saved and summarised, the independent ones still run."""
 
+import os
+import signal
+import subprocess
+import sys
+import time
+
 import nbformat
 import pytest
 
+from desupcon.core.paths import REPOSITORY
 from desupcon.study import reproduce as rep
 
 
@@ -42,3 +49,47 @@ def test_a_failing_notebook_is_saved_summarised_and_only_its_dependents_are_skip
     assert not (tmp_path / "out" / "02_baselines.ipynb").exists()
     moco = nbformat.read(tmp_path / "out" / "05_moco_v3_pretraining.ipynb", as_version=4)
     assert all("\r" not in o.get("text", "") for o in moco.cells[0].outputs)
+
+
+DRIVER = """
+import sys
+from pathlib import Path
+from desupcon.study import reproduce as rep
+rep.NOTEBOOKS, rep.REPOSITORY = ("01_teacher", "02_baselines"), Path(sys.argv[1])
+from desupcon.__main__ import main
+sys.exit(main(["reproduce", "--out", sys.argv[2]]))
+"""
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_the_running_cell_saves_the_notebook_and_says_how_to_continue(tmp_path):
+    """Ctrl-C in a terminal signals the foreground process group (the CLI; the kernel has a session of its own)."""
+    folder, out = tmp_path / "notebooks", tmp_path / "out"
+    folder.mkdir()
+    _notebook(folder / "01_teacher.ipynb", "print('[done] first: test acc 90.00%')",
+              "import time\ntry:\n    for i in range(600):\n        print('step', i, flush=True)\n        time.sleep(0.1)\n"
+              "except KeyboardInterrupt:\n    print('[interrupted] second: resumes from epoch 3', flush=True)\n    raise",
+              "print('never')")
+    _notebook(folder / "02_baselines.ipynb", "print('never either')")
+    (tmp_path / "driver.py").write_text(DRIVER)
+    cli = subprocess.Popen([sys.executable, str(tmp_path / "driver.py"), str(tmp_path), str(out)], cwd=REPOSITORY,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    seen = ""
+    while "[done] first" not in seen:  # the kernel runs the cells (the run line is echoed as it arrives)
+        line = cli.stdout.readline()
+        assert line, f"the CLI ended early: {cli.wait()} {cli.stderr.read()}"
+        seen += line
+    time.sleep(1)
+    os.killpg(cli.pid, signal.SIGINT)
+    stdout, stderr = cli.communicate(timeout=120)
+    copy = out / "01_teacher.ipynb"
+    assert cli.returncode == 130, stderr
+    assert stderr.strip().splitlines() == [
+        f"[interrupted] reproduce: finished no notebook; interrupted 01_teacher (saved as far as it ran: {copy}); "
+        f"continue with: python -m desupcon reproduce --only 01 02 (finished runs load from the cache, an interrupted "
+        f"run resumes from its last saved epoch)"]
+    assert "Traceback" not in stdout and "  [interrupted] second: resumes from epoch 3" in stdout
+    saved = nbformat.read(copy, as_version=4)
+    assert saved.cells[1].outputs[-1]["ename"] == "KeyboardInterrupt"
+    assert "step 0" in "".join(o.get("text", "") for o in saved.cells[1].outputs) and not saved.cells[2].outputs
+    assert not (out / "02_baselines.ipynb").exists()

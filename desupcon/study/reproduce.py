@@ -6,11 +6,20 @@ reports it (``[cache]``, ``[resume]``, ``[done]``) and the run's progress bar (r
 overwritten in place. The bars' carriage-return updates are folded away in the saved copies, so each
 run leaves one finished bar there. A notebook that fails is saved as far as it ran, its error is
 summarised in one line, and the notebooks that do not depend on it still run.
+
+Ctrl-C interrupts the running cell the way Jupyter's stop button does (the kernel, in a session of its
+own, gets the SIGINT): the run in progress prints where it resumes (``[interrupted] <run>: ...``), the
+notebook is saved as far as it ran, and ``reproduce`` raises ``KeyboardInterrupt`` with one line saying
+what finished, what was interrupted and the command that continues. A second Ctrl-C stops at once.
 """
 
 from __future__ import annotations
 
+import asyncio
+import os
 import re
+import signal
+import tempfile
 import time
 from pathlib import Path
 
@@ -46,7 +55,26 @@ def _client_class():
     from nbclient import NotebookClient
 
     class TerminalEchoClient(NotebookClient):
-        """Echoes the kernel's run lines and the latest progress bar to this terminal as they arrive."""
+        """Echoes the kernel's run lines and the latest progress bar to this terminal as they arrive; Ctrl-C
+        interrupts the running cell (``interrupts`` counts them; a second one kills the kernel)."""
+
+        interrupts = 0
+
+        async def async_start_new_kernel(self, **kwargs):
+            # replaces nbclient's SIGINT handler, which shuts the kernel down under the running cell
+            asyncio.get_running_loop().add_signal_handler(signal.SIGINT, self.ctrl_c)
+            await super().async_start_new_kernel(**kwargs)
+
+        def ctrl_c(self):
+            self.interrupts += 1
+            process = getattr(getattr(self.km, "provisioner", None), "process", None)
+            if process is None:  # the kernel is not started yet: nothing to keep
+                asyncio.ensure_future(self._async_cleanup_kernel())
+            elif self.interrupts == 1:
+                print("\r\033[K[reproduce] Ctrl-C: stopping the running cell (Ctrl-C again to stop at once)", flush=True)
+                os.killpg(os.getpgid(process.pid), signal.SIGINT)
+            else:
+                os.killpg(os.getpgid(process.pid), signal.SIGKILL)
 
         def output(self, outs, msg, display_id, cell_index):
             if msg.get("msg_type") == "stream":
@@ -66,6 +94,16 @@ def _error_line(err) -> str:
     return f"{ename}: {str(evalue).strip().splitlines()[-1] if str(evalue).strip() else ''}"
 
 
+def _continue_line(rows: list[dict], name: str, copy: Path, selected: list[str]) -> str:
+    """The one line of an interrupted study: what finished, what was interrupted, how to continue."""
+    finished = [r["notebook"] for r in rows if r["status"] == "done"]
+    rest = selected[selected.index(name):]
+    return (f"[interrupted] reproduce: finished {', '.join(finished) or 'no notebook'}; interrupted {name} (saved as far "
+            f"as it ran: {copy}); continue with: python -m desupcon reproduce --only "
+            f"{' '.join(n.split('_')[0] for n in rest)} (finished runs load from the cache, an interrupted "
+            f"run resumes from its last saved epoch)")
+
+
 def reproduce(only=None, out: str | Path = "executed_notebooks") -> list[dict]:
     """Execute the selected notebooks (prefixes ``only``, default all) in order; return one row per notebook.
 
@@ -74,6 +112,10 @@ def reproduce(only=None, out: str | Path = "executed_notebooks") -> list[dict]:
     """
     import nbformat
     from nbclient.exceptions import CellExecutionError
+    from traitlets.config import Config
+
+    # local sockets, at an absolute path (the kernel runs in notebooks/): no "kernel over TCP" warning
+    ipc = Config({"KernelManager": {"transport": "ipc", "ip": str(Path(tempfile.gettempdir()) / f"desupcon-kernel-{os.getpid()}")}})
 
     notebooks_dir = REPOSITORY / "notebooks"
     out = Path(out)
@@ -94,11 +136,18 @@ def reproduce(only=None, out: str | Path = "executed_notebooks") -> list[dict]:
         start = time.time()
         nb = nbformat.read(notebooks_dir / f"{name}.ipynb", as_version=4)
         error = None
+        running = client(nb, timeout=None, kernel_name="python3", config=ipc,
+                         resources={"metadata": {"path": str(notebooks_dir)}})
         try:
-            client(nb, timeout=None, kernel_name="python3",
-                   resources={"metadata": {"path": str(notebooks_dir)}}).execute()
-        except CellExecutionError as err:
+            running.execute()
+        except Exception as err:  # after a Ctrl-C, whatever the kernel's end raised
+            if not running.interrupts and not isinstance(err, CellExecutionError):
+                raise
             error = _error_line(err)
+        if running.interrupts:
+            _short_outputs(nb)
+            nbformat.write(nb, copy)
+            raise KeyboardInterrupt(_continue_line(rows, name, copy, selected))
         _short_outputs(nb)
         nbformat.write(nb, copy)
         seconds = time.time() - start
