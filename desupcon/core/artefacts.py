@@ -280,25 +280,7 @@ def load_checkpoint(path) -> dict:
     """
     path = Path(path)
     fix = "retrain it with FORCE_RETRAIN=True (or --force-retrain), which replaces the file"
-    safe = "the safe loader (torch.load with weights_only=True)"
-    _verify_records(path, fix)
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise
-    except (IsADirectoryError, PermissionError) as err:
-        raise CheckpointError(f"checkpoint {path} cannot be read ({_detail(err)}); check the path and its "
-                              f"permissions") from None
-    except Exception as err:
-        detail = _detail(err)
-        if "GLOBAL" in detail or "global" in detail:  # the pickle imports a function or class: code
-            kind = (f"refused by {safe}: it carries code or non-tensor objects ({detail}), which a desupcon "
-                    f"checkpoint never does; do not load it with weights_only=False unless you made it yourself")
-        elif isinstance(err, pickle.UnpicklingError):
-            kind = (f"truncated or corrupted, or not a torch checkpoint: {safe} cannot parse it ({detail})")
-        else:
-            kind = f"truncated or corrupted ({detail})"
-        raise CheckpointError(f"checkpoint {path} is {kind}; {fix}") from None
+    ckpt = safe_torch_load(path, f"checkpoint {path}", fix, "a desupcon checkpoint never does")
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT or not isinstance(ckpt.get("config"),
                                                                                                 dict):
         raise CheckpointError(f"checkpoint {path} is not a desupcon checkpoint (format {CHECKPOINT_FORMAT} with "
@@ -310,7 +292,41 @@ def load_checkpoint(path) -> dict:
     return ckpt
 
 
-def _verify_records(path: Path, fix: str) -> None:
+def safe_torch_load(path, what: str, fix: str, never: str = "a weights file never does"):
+    """``torch.load(path, weights_only=True)`` on the CPU after checking the CRC-32 of the zip's records.
+
+    Args:
+        path: the file.
+        what: how messages name it, e.g. "checkpoint <path>".
+        fix: what the user should do, ending every message.
+        never: who never carries code, after "it carries code or non-tensor objects (...), which"
+            (default: "a weights file never does").
+    A missing file raises ``FileNotFoundError``; anything unreadable, truncated, corrupted or carrying
+    code raises one-line ``CheckpointError`` "<what> is <what is wrong>; <fix>". Never runs code from
+    the file and never falls back to an unsafe load.
+    """
+    path = Path(path)
+    safe = "the safe loader (torch.load with weights_only=True)"
+    _verify_records(path, what, fix)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise
+    except (IsADirectoryError, PermissionError) as err:
+        raise CheckpointError(f"{what} cannot be read ({_detail(err)}); check the path and its permissions") from None
+    except Exception as err:
+        detail = _detail(err)
+        if "GLOBAL" in detail or "global" in detail:  # the pickle imports a function or class: code
+            kind = (f"refused by {safe}: it carries code or non-tensor objects ({detail}), which {never}; do not "
+                    f"load it with weights_only=False unless you made it yourself")
+        elif isinstance(err, pickle.UnpicklingError):
+            kind = (f"truncated or corrupted, or not a torch checkpoint: {safe} cannot parse it ({detail})")
+        else:
+            kind = f"truncated or corrupted ({detail})"
+        raise CheckpointError(f"{what} is {kind}; {fix}") from None
+
+
+def _verify_records(path: Path, what: str, fix: str) -> None:
     """Check the CRC-32 of every record of a checkpoint's zip archive before anything is unpickled.
 
     ``torch.load`` does not check them, so a few flipped bytes in a weight would load silently.
@@ -322,7 +338,7 @@ def _verify_records(path: Path, fix: str) -> None:
     except (zipfile.BadZipFile, OSError):
         return
     if bad is not None:
-        raise CheckpointError(f"checkpoint {path} is damaged: its record '{bad}' fails its CRC-32 checksum (bit rot "
+        raise CheckpointError(f"{what} is damaged: its record '{bad}' fails its CRC-32 checksum (bit rot "
                               f"or a bad copy), so it was not loaded; {fix}")
 
 

@@ -2,17 +2,23 @@
 
 CIFAR ResNets on torchvision's ResNet (``ARCHS``), ViT-Small/16 (torchvision
 ``VisionTransformer``, for MoCo-v3) and any timm model by name (``timm_backbone``, for MoCo-v3 and
-its ``kd`` mode; timm is the optional extra ``desupcon[kd]``). ``ModelWrapper(num_classes, arch)``
-returns ``(features, projections, logits)``: backbone features, L2-normalised projections (64-d by
-default) and classifier logits.
+its ``kd`` mode; timm is the optional extra ``desupcon[kd]``), whose local weights files load strictly
+(``load_weights``: a file of another architecture or a damaged one is refused with one line).
+``ModelWrapper(num_classes, arch)`` returns ``(features, projections, logits)``: backbone features,
+L2-normalised projections (64-d by default) and classifier logits.
 """
 
 from __future__ import annotations
+
+import importlib
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
+
+from desupcon.core.artefacts import safe_torch_load
+from desupcon.core.errors import CheckpointError, ConfigError
 
 ARCHS = {"resnet18": (BasicBlock, [2, 2, 2, 2]), "resnet50": (Bottleneck, [3, 4, 6, 3])}
 
@@ -148,7 +154,8 @@ def is_vit(name: str) -> bool:
 
 
 def timm_backbone(name: str, image_size: int, pretrained: bool = False, weights: str = "",
-                  size_field: str = "data.image_size", **arch) -> tuple[nn.Module, int]:
+                  size_field: str = "data.image_size", weights_field: str = "model.teacher_weights",
+                  name_field: str = "model.teacher_name", **arch) -> tuple[nn.Module, int]:
     """A timm model without its classifier and its feature dimension: ``forward`` returns timm's pooled
     features ``(B, num_features)``, the CLS token after the final norm for DINOv2 and
     vit_small_patch16_224.
@@ -156,12 +163,14 @@ def timm_backbone(name: str, image_size: int, pretrained: bool = False, weights:
     Args:
         name: a timm model name, e.g. "vit_small_patch16_224" or "vit_small_patch14_dinov2".
         image_size: input side; models with a fixed input size (ViTs) are built for it (``img_size``),
-            and timm resamples their position embeddings when it loads weights made at another size.
-        pretrained: load pretrained weights, from ``weights`` if given, else from the Hugging Face hub
-            (default: False, a random initialisation).
+            and their position embeddings are resampled when the weights were made at another size.
+        pretrained: load pretrained weights, from ``weights`` if given (``load_weights``, strict), else
+            from the Hugging Face hub (default: False, a random initialisation).
         weights: a local weights file in timm's or the original release's format (default: "").
         size_field: the config field that set ``image_size``, named in the error if a ViT's patch size
             does not divide it (default: "data.image_size").
+        weights_field, name_field: the config fields that set ``weights`` and ``name``, named in the
+            errors of ``load_weights`` (default: "model.teacher_weights", "model.teacher_name").
         arch: architecture overrides for ``timm.create_model``, e.g. ``depth=1`` in tests (default: none).
     """
     import timm
@@ -169,14 +178,129 @@ def timm_backbone(name: str, image_size: int, pretrained: bool = False, weights:
 
     if get_pretrained_cfg_value(name, "fixed_input_size"):
         arch["img_size"] = image_size
-    overlay = {"pretrained_cfg_overlay": {"file": weights}} if weights else {}
-    model = timm.create_model(name, pretrained=pretrained, num_classes=0, **overlay, **arch)
+    model = timm.create_model(name, pretrained=pretrained and not weights, num_classes=0, **arch)
     if hasattr(model, "patch_embed") and image_size % model.patch_embed.patch_size[0]:
         patch = model.patch_embed.patch_size[0]
         lower = max(patch, image_size // patch * patch)
         raise ValueError(f"'{size_field}' = {image_size} is not a multiple of {name}'s patch size {patch}: "
                          f"choose e.g. {lower} or {lower + patch}")
+    if pretrained and weights:
+        load_weights(model, name, weights, weights_field, name_field)
     return model, model.num_features
+
+
+def weights_source(name: str) -> str:
+    """Where the pretrained weights of timm model ``name`` are published: its Hugging Face hub page,
+    else "timm's release"."""
+    from timm.models import get_pretrained_cfg
+
+    hub = getattr(get_pretrained_cfg(name), "hf_hub_id", None)
+    return f"https://huggingface.co/{hub}" if hub else "timm's release"
+
+
+# the containers timm's load_checkpoint unwraps, in its order (EMA weights first)
+WEIGHT_CONTAINERS = ("state_dict_ema", "model_ema", "state_dict", "model")
+
+
+def read_weights(path, what: str, fix: str) -> dict[str, torch.Tensor]:
+    """The state dict in weights file ``path``: safetensors for a ``.safetensors`` file, else
+    ``torch.load(weights_only=True)`` after a CRC-32 check of its zip records (``safe_torch_load``);
+    unwrapped from the first of ``WEIGHT_CONTAINERS`` it holds, with the ``module.`` (DDP) and
+    ``_orig_mod.`` (torch.compile) prefixes removed (timm's ``clean_state_dict``).
+
+    Args:
+        path: the file.
+        what: how messages name the file, e.g. "weights file '<path>' (model.teacher_weights)".
+        fix: what the user should do, ending every message.
+    A damaged file, or one that holds no dict of tensors, raises one-line ``CheckpointError``.
+    """
+    from timm.models import clean_state_dict
+
+    if str(path).endswith(".safetensors"):
+        try:
+            import safetensors.torch
+        except ImportError:
+            raise CheckpointError(f"{what} is a safetensors file and the safetensors library is not installed: "
+                                  f"pip install safetensors") from None
+        try:
+            state = safetensors.torch.load_file(path, device="cpu")
+        except FileNotFoundError:
+            raise
+        except Exception as err:
+            raise CheckpointError(f"{what} is truncated or corrupted ({type(err).__name__}: {err}); {fix}") from None
+    else:
+        state = safe_torch_load(path, what, fix)
+    if isinstance(state, dict):
+        state = next((state[key] for key in WEIGHT_CONTAINERS if isinstance(state.get(key), dict)), state)
+    if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        held = f"keys {sorted(map(str, state))[:5]}" if isinstance(state, dict) else f"a {type(state).__name__}"
+        raise CheckpointError(f"{what} holds no state dict of tensors ({held}); {fix}")
+    return clean_state_dict(state)
+
+
+def checkpoint_filter(name: str):
+    """timm's ``checkpoint_filter_fn(state_dict, model)`` of the module that defines model ``name``
+    (e.g. the ViT one: it converts the original DINOv2 and CLIP releases and resamples position and
+    patch embeddings to the model's grid), or None where that module has none (e.g. ResNets)."""
+    from timm.models import model_entrypoint
+
+    return getattr(importlib.import_module(model_entrypoint(name).__module__), "checkpoint_filter_fn", None)
+
+
+def load_weights(model: nn.Module, name: str, path, weights_field: str = "model.teacher_weights",
+                 name_field: str = "model.teacher_name") -> None:
+    """Load weights file ``path`` into timm model ``model`` of architecture ``name``, strictly.
+
+    The file is read with ``read_weights``, passed through timm's checkpoint filter of ``name``
+    (``checkpoint_filter``), stripped of the classifier keys a headless ``model`` lacks (its
+    ``pretrained_cfg["classifier"]``, as timm does), then loaded with ``load_state_dict(strict=True)``:
+    every tensor of the model must be in the file with its shape, and nothing else.
+
+    Args:
+        model: the timm model, built for its input size and ``num_classes``.
+        name: its timm name, e.g. "vit_small_patch14_dinov2".
+        path: the weights file.
+        weights_field, name_field: the config fields named in the errors (default:
+            "model.teacher_weights", "model.teacher_name").
+    A damaged file raises ``CheckpointError`` (re-download it); a file of another architecture or
+    size raises ``ConfigError`` counting the missing, unexpected and reshaped tensors with one example
+    of each; both one line.
+    """
+    where = weights_source(name)
+    what = f"weights file '{path}' ({weights_field})"
+    fix = f"download the {name} weights again (from {where}), or set {weights_field}: '' to fetch them from the hub"
+    raw = read_weights(path, what, fix)
+    state = dict(raw)
+    filter_fn = checkpoint_filter(name)
+    if filter_fn is not None:
+        try:
+            state = filter_fn(state, model)
+        except Exception:  # a filter may trip over another architecture's keys: compare the file as it is
+            state = dict(raw)
+    expected = model.state_dict()
+    classifiers = model.pretrained_cfg.get("classifier") or ()
+    for key in [f"{c}.{p}" for c in ([classifiers] if isinstance(classifiers, str) else classifiers)
+                for p in ("weight", "bias")]:
+        if key not in expected:
+            state.pop(key, None)
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    reshaped = [k for k in expected if k in state and state[k].shape != expected[k].shape]
+    if missing or unexpected or reshaped:
+        def shapes(key):
+            return f"'{key}': {tuple(state[key].shape)} in the file, {tuple(expected[key].shape)} in the model"
+
+        raise ConfigError(f"{what} does not hold {name} weights ({name_field}): of the model's {len(expected)} "
+                          f"tensors {_counted(missing, 'are missing from the file')}, "
+                          f"{_counted(reshaped, 'have another shape', shapes)}, and "
+                          f"{_counted(unexpected, f'of the {len(state)} in the file are unexpected')}; put the {name} "
+                          f"weights there (from {where}), or set {name_field} to the architecture the file was made for")
+    model.load_state_dict(state, strict=True)
+
+
+def _counted(keys: list[str], text: str, describe=lambda key: f"'{key}'") -> str:
+    """"<n> <text>", with " (e.g. <describe(first key)>)" when there are any (default: the key quoted)."""
+    return f"{len(keys)} {text}" + (f" (e.g. {describe(keys[0])})" if keys else "")
 
 
 def freeze_patch_projection(vit: nn.Module) -> list[str]:

@@ -25,7 +25,7 @@ from desupcon.engine.task import register_task
 from desupcon.methods.ssl.base import TwoViewTask, build_backbone
 from desupcon.methods.ssl.config import ModelConfig, SSLConfig
 from desupcon.nn.heads import build_mlp
-from desupcon.nn.models import is_timm_model, is_vit, timm_backbone
+from desupcon.nn.models import is_timm_model, is_vit, timm_backbone, weights_source
 
 
 def kd_cosine_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
@@ -114,13 +114,11 @@ def build_teacher(cfg: ModelConfig, pretrained: bool = True) -> nn.Module:
             that is "" (default: True; False = a random teacher of the same architecture).
 
     A missing weights file raises ``FileNotFoundError`` naming it and the fix; a failed hub download
-    raises ``OSError`` saying how to use a local file instead.
+    raises ``OSError`` saying how to use a local file instead; a damaged file ``CheckpointError`` and a
+    file of another architecture ``ConfigError`` (``desupcon.nn.models.load_weights``, strict).
     """
-    from timm.models import get_pretrained_cfg
-
     name, weights = cfg.teacher_name, cfg.teacher_weights
-    hub = getattr(get_pretrained_cfg(name), "hf_hub_id", None)
-    where = f"https://huggingface.co/{hub}" if hub else "timm's release"
+    where = weights_source(name)
     if pretrained and weights and not Path(weights).is_file():
         raise FileNotFoundError(f"teacher weights file '{weights}' (model.teacher_weights) not found: download the "
                                 f"{name} weights there (from {where}), or set model.teacher_weights: '' to fetch "
