@@ -7,6 +7,7 @@ saved with ``save_to_disk`` and as parquet files. MoCo-v3 pretraining and a dist
 on them end to end.
 """
 
+import hashlib
 import re
 import shutil
 import threading
@@ -35,6 +36,11 @@ CLASSES = ("disc", "bars", "text", "noise")
 N_IMAGES, SIDE = 2000, 16  # drawn images; the side they are stored at (the smoke config's image_size)
 UNREADABLE = ("disc/broken.png", "bars/truncated.png", "text/empty.jpg")
 NOT_IMAGES = ("notes.txt", "noise/labels.csv")
+
+
+def held_out(path: Path) -> bool:
+    """Whether the file ``path`` is in the held-out test split of a labelled folder (by a hash of its bytes)."""
+    return in_holdout(hashlib.sha1(path.read_bytes()).digest())
 
 
 def draw(i: int, rng: np.random.Generator) -> Image.Image:
@@ -113,31 +119,35 @@ def one_line_error(argv, capsys) -> str:
 def test_prepare_data_skips_unreadable_images_with_one_warning_and_records_them(data_root, capsys):
     with pytest.warns(UserWarning) as caught:
         assert main(["prepare-data", "tiles", "--size", str(SIDE), "--workers", "2"]) == 0
-    skips = [w for w in caught if "unreadable" in str(w.message)]
-    assert len(skips) == 1  # one warning for the train split (the unreadable files are not in the held-out test)
-    message = str(skips[0].message)
-    assert "skipped 3 unreadable image(s)" in message and all(name in message for name in UNREADABLE)
+    held = {name: held_out(data_root / "tiles" / name) for name in UNREADABLE}  # the empty file is held out
+    skips = {re.search(r"\((train|test)\): skipped", str(w.message))[1]: str(w.message) for w in caught
+             if "unreadable" in str(w.message)}
+    assert sorted(skips) == sorted({"test" if h else "train" for h in held.values()})  # one warning per split
+    for split, message in skips.items():
+        mine = [name for name in UNREADABLE if held[name] == (split == "test")]
+        assert f"skipped {len(mine)} unreadable image(s)" in message and all(name in message for name in mine)
     out = capsys.readouterr().out
     train, test = entry_of(data_root, "tiles", "train"), entry_of(data_root, "tiles", "test")
     for split, entry in (("train", train), ("test", test)):  # where the cache is, and its size
         assert re.search(rf"^{split}: {entry.count:,} images at 16x16, .* MB: {re.escape(str(entry.folder))}$", out, re.M)
     assert train.count + test.count == N_IMAGES  # every drawn image, none of the unreadable files
     manifest = train.manifest
-    assert sorted(s["file"] for s in manifest["skipped"]) == sorted(UNREADABLE)
+    skipped = sorted(s["file"] for entry in (train, test) for s in entry.manifest["skipped"])
+    assert skipped == sorted(UNREADABLE)
     assert sorted(manifest["ignored"]) == sorted(NOT_IMAGES) and manifest["classes"] == sorted(CLASSES)
-    assert manifest["listed"] == train.count + 3 and manifest["size"] == SIDE
+    assert manifest["listed"] == train.count + len(manifest["skipped"]) and manifest["size"] == SIDE
     images = np.load(train.images_path, mmap_mode="r")
     assert images.dtype == np.uint8 and images.shape == (train.count, 3, SIDE, SIDE)
     assert np.bincount(train.labels()).tolist() == np.bincount(
         [label for label, c in enumerate(sorted(CLASSES)) for f in (data_root / "tiles" / c).glob("*.png")
-         if not in_holdout(f"{c}/{f.name}") and f"{c}/{f.name}" not in UNREADABLE]).tolist()
+         if not held_out(f) and f"{c}/{f.name}" not in UNREADABLE]).tolist()
 
 
 def test_a_stored_image_is_its_file_converted_resized_and_cropped(data_root):
     prepare_data("tiles", SIDE, ["train"])
     entry = entry_of(data_root, "tiles", "train")
     files = [f for c in sorted(CLASSES) for f in sorted((data_root / "tiles" / c).glob("*.png"))
-             if not in_holdout(f"{c}/{f.name}") and f"{c}/{f.name}" not in UNREADABLE]
+             if not held_out(f) and f"{c}/{f.name}" not in UNREADABLE]
     images = np.load(entry.images_path, mmap_mode="r")
     grey = next(i for i, f in enumerate(files) if Image.open(f).mode == "L")
     rgba = next(i for i, f in enumerate(files) if Image.open(f).mode == "RGBA")
@@ -162,8 +172,11 @@ def test_the_cache_is_reused_and_rebuilt_only_when_the_source_or_side_changes(da
         assert capsys.readouterr().out == "" and (again.folder / "manifest.json").stat().st_mtime_ns == stamp
         (_, other), = prepare_data("small", 12, ["train"])  # another side is another entry
         assert other.folder != first.folder and other.manifest["shape"][1:] == [3, 12, 12]
-        added = next(f"disc/added_{k}.png" for k in range(100) if not in_holdout(f"disc/added_{k}.png"))
-        draw(0, np.random.default_rng(1)).save(tmp_path / "small" / added)  # the train split changed
+        added = tmp_path / "small" / "disc" / "added.png"
+        for k in range(1, 100):  # an image of the train split (the hold-out goes by the file's bytes)
+            draw(0, np.random.default_rng(k)).save(added)
+            if not held_out(added):
+                break
         (_, rebuilt), = prepare_data("small", SIDE, ["train"])
     assert f"[data] rebuilding {first.folder}: its source changed" in capsys.readouterr().out
     assert rebuilt.folder == first.folder and rebuilt.count == first.count + 1
@@ -176,7 +189,10 @@ def test_a_hugging_face_dataset_on_disk_and_as_parquet_with_its_own_column_names
     assert saved["train"].classes == CLASSES and np.bincount(saved["train"].labels()).tolist() == [48] * 4
     parquet = dict(prepare_data("parquet", SIDE, image_column="picture", label_column="kind"))
     assert set(parquet) == {"train", "test"}  # a single split: 1 in 5 images held out as the test split
-    rows = [r for r in range(240) if not in_holdout(str(r))]
+    import pyarrow.parquet
+
+    pictures = pyarrow.parquet.read_table(data_root / "parquet" / "train-00000-of-00001.parquet")["picture"]
+    rows = [r for r, picture in enumerate(pictures.to_pylist()) if not in_holdout(hashlib.sha1(picture["bytes"]).digest())]
     assert parquet["train"].count == len(rows) and parquet["train"].count + parquet["test"].count == 240
     assert parquet["train"].labels().tolist() == [r % len(CLASSES) for r in rows]
     first = np.load(parquet["train"].images_path, mmap_mode="r")[0]
