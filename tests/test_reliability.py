@@ -189,6 +189,12 @@ def test_resume_after_sigkill_is_bit_identical(method, smoke_home, tmp_path, mon
     monkeypatch.setenv("DESUPCON_HOME", str(homes["killed"]))
     resumed_ckpt = load_checkpoint(checkpoint_path(cfg.name))
     assert resumed_ckpt["complete"] and resumed_ckpt["epoch"] == 3
+    # the resumed run's identity names the epochs it resumed from (a resume killed before its next save is
+    # not kept); the uninterrupted one has none
+    announced = {int(e) for out in outputs for e in re.findall(rf"\[resume\] {re.escape(cfg.name)}: from epoch (\d)", out)}
+    resumed_from = [r["epoch"] for r in resumed_ckpt.pop("resumes")]
+    assert resumed_from and set(resumed_from) <= announced and resumed_from == sorted(resumed_from), context
+    assert ref_ckpt.pop("resumes") == [], context
     # model, optimiser, scheduler, RNG states, bank, teacher head, history and results: bit-identical
     assert_same(resumed_ckpt, ref_ckpt, context)
     assert_same(read_json(log_path(cfg.name))["results"], ref_ckpt["results"], "logged results")
