@@ -34,6 +34,8 @@ def test_study_points_and_caption_name_the_data_profile_and_seeds():
     assert [p["label"] for p in points] == ["LW-SupCRD α=1 β=10", "SupCon"]
     assert points[0]["accs"] == [91.0, 92.0] and points[0]["test_acc"] == 91.5
     assert report.caption(summaries) == "Data: digits test split (smoke profile); 1–2 seeds per run; 2 runs."
+    assert report.caption(summaries, "Curves: each run's first seed.", split="train") == (
+        "Data: digits train split (smoke profile); 1–2 seeds per run; 2 runs. Curves: each run's first seed.")
 
 
 def test_reference_points_are_labelled_as_the_cifar100_twin_and_listed_once():

@@ -50,7 +50,8 @@ def draw_run(summary_or_config, kinds=FIGURES, force: bool = False, device=None)
     if "curves" in missing:
         history = read_json(log_path(name))["epochs"]
         metrics = [m for m in ("loss", "train_acc", "momentum") if m in history[0]]
-        plots.plot_training_curves({title: history}, paths["curves"], metrics=metrics)
+        caption = f"Per-epoch training log (augmented train split) of {name}; evaluated on the {cfg.caption}"
+        plots.plot_training_curves({cfg.label: history}, paths["curves"], caption=caption, metrics=metrics)
     if not set(missing) - {"curves"}:
         return paths
     device = torch.device(device) if device else default_device()

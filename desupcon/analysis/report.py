@@ -112,14 +112,15 @@ def label(summary_or_config) -> str:
     return method_of(cfg).short_label(cfg)
 
 
-def caption(summaries: list[dict], extra: str = "") -> str:
-    """The caption line of a study figure: dataset, profile and seeds per run."""
+def caption(summaries: list[dict], extra: str = "", split: str = "test") -> str:
+    """The caption line of a study figure: dataset, ``split`` (default "test"; "train" for training curves),
+    profile and seeds per run, then ``extra``."""
     configs = [s["config"] for s in summaries]
     datasets = sorted({c.get("dataset") or c.get("data", {}).get("dataset") for c in configs})
     profiles = sorted({c.get("profile", "?") for c in configs})
     seeds = sorted({len(s["seeds"]) for s in summaries})
     seed_text = f"{seeds[0]} seed(s) per run" if len(seeds) == 1 else f"{seeds[0]}–{seeds[-1]} seeds per run"
-    text = f"Data: {', '.join(datasets)} test split ({', '.join(profiles)} profile); {seed_text}; {len(summaries)} runs."
+    text = f"Data: {', '.join(datasets)} {split} split ({', '.join(profiles)} profile); {seed_text}; {len(summaries)} runs."
     return f"{text} {extra}".strip()
 
 

@@ -31,6 +31,13 @@ class Interval:
     def high(self) -> float | None:
         return None if self.half_width is None else self.mean + self.half_width
 
+    def clipped(self, lowest: float, highest: float) -> tuple[float, float]:
+        """``(low, high)`` cut to the metric's range ``[lowest, highest]`` (e.g. 0 and 100 for an accuracy in %):
+        a t interval is symmetric and runs past a bound the metric cannot cross."""
+        if self.half_width is None:
+            raise ValueError(f"an interval of {self.n} seed(s) has no bounds to clip")
+        return max(self.low, lowest), min(self.high, highest)
+
 
 def _check(values, name: str) -> list[float]:
     values = [float(v) for v in values]
@@ -44,6 +51,12 @@ def _mean_var(values: list[float]) -> tuple[float, float]:
     return mean, sum((v - mean) ** 2 for v in values) / (len(values) - 1)
 
 
+def t_factor(dof: float, level: float = 0.95) -> float:
+    """Half-width of a two-sided ``level`` Student's t interval in standard errors (12.7 at 1 degree of freedom,
+    i.e. 2 seeds; 4.3 at 2)."""
+    return float(_scipy_stats.t.ppf((1 + level) / 2, dof))
+
+
 def mean_interval(values, level: float = 0.95) -> Interval:
     """Student's t interval of the mean of ``values`` (one number per seed)."""
     values = _check(values, "values")
@@ -51,7 +64,7 @@ def mean_interval(values, level: float = 0.95) -> Interval:
     if n < 2:
         return Interval(values[0], None, n, level)
     mean, var = _mean_var(values)
-    return Interval(mean, _scipy_stats.t.ppf((1 + level) / 2, n - 1) * math.sqrt(var / n), n, level)
+    return Interval(mean, t_factor(n - 1, level) * math.sqrt(var / n), n, level)
 
 
 def difference_interval(a, b, level: float = 0.95) -> Interval:
@@ -65,4 +78,4 @@ def difference_interval(a, b, level: float = 0.95) -> Interval:
     if se == 0:
         return Interval(ma - mb, 0.0, min(len(a), len(b)), level)
     dof = (sa + sb) ** 2 / (sa ** 2 / (len(a) - 1) + sb ** 2 / (len(b) - 1))
-    return Interval(ma - mb, _scipy_stats.t.ppf((1 + level) / 2, dof) * se, min(len(a), len(b)), level)
+    return Interval(ma - mb, t_factor(dof, level) * se, min(len(a), len(b)), level)
