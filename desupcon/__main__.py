@@ -89,15 +89,26 @@ def cmd_reproduce(args) -> None:
               f"plots:       {root / 'plots'}\nexecuted notebooks: {Path(args.out).resolve()}")
 
 
-def cmd_sweep(args) -> None:
-    if args.launcher == "slurm":
-        from desupcon.study.slurm import submit_sweep
+LAUNCHERS = {"slurm": "slurm", "slurm-local": "local"}  # --launcher -> submit_sweep(cluster=...)
 
-        submit_sweep(args.grid, profile=args.profile, partition=args.partition, timeout_min=args.timeout_min)
-        return
-    from desupcon.study.sweep import run_sweep
 
-    run_sweep(args.grid, [d for d in args.gpus.split(",") if d], per_device=args.per_device, profile=args.profile)
+def cmd_sweep(args) -> int:
+    """Run a grid (``--launcher``); 1 after one line naming each failed run and its error, once the others finished."""
+    from desupcon.study.sweep import SweepError, run_sweep
+
+    try:
+        if args.launcher in LAUNCHERS:
+            from desupcon.study.slurm import submit_sweep
+
+            submit_sweep(args.grid, profile=args.profile, cluster=LAUNCHERS[args.launcher], partition=args.partition,
+                         timeout_min=args.timeout_min)
+        else:
+            run_sweep(args.grid, [d for d in args.gpus.split(",") if d], per_device=args.per_device,
+                      profile=args.profile)
+    except SweepError as err:  # the runs that did not fail are finished and cached
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def cmd_pretrain(args) -> None:
@@ -167,8 +178,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gpus", default="0", help="comma-separated CUDA device ids (or cpu,cpu for CPU workers)")
     p.add_argument("--per-device", type=int, default=1, help="processes per device")
     p.add_argument("--profile")
-    p.add_argument("--launcher", choices=("local", "slurm"), default="local",
-                   help="local: worker processes on this machine; slurm: job arrays through submitit")
+    p.add_argument("--launcher", choices=("local", *LAUNCHERS), default="local",
+                   help="local: worker processes on this machine; slurm: job arrays through submitit; "
+                        "slurm-local: the same job arrays on this machine (submitit's local executor, CPU), "
+                        "to try a grid before submitting it")
     p.add_argument("--partition", help="Slurm partition (--launcher slurm)")
     p.add_argument("--timeout-min", type=int, default=24 * 60, help="time limit per Slurm task in minutes")
     _tensorboard_flag(p)
@@ -220,7 +233,7 @@ def main(argv=None) -> int:
 
         os.environ[ENV] = "1"  # read by every run of this process and of its sweep workers
     try:
-        args.fn(args)
+        status = args.fn(args)  # None, or a command's own exit status
     except KeyboardInterrupt as err:
         from desupcon.core.paths import output_root
 
@@ -231,7 +244,7 @@ def main(argv=None) -> int:
             FileNotFoundError, StudyIncomplete) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    return 0
+    return status or 0
 
 
 if __name__ == "__main__":

@@ -23,9 +23,9 @@ STUDENTS = [SMOKE.student_config("undistilled", **TINY)] + [
 
 
 def _stand_in_worker(fail_role: str = "none") -> str:
-    """Worker code that takes 0.5 s and exits 1 for runs of role ``fail_role``."""
-    return (f"import json, sys, time; time.sleep(0.5); "
-            f"sys.exit(json.loads(sys.argv[1])['role'] == {fail_role!r})")
+    """Worker code that takes 0.5 s and, for runs of role ``fail_role``, exits 1 with an error line on stderr."""
+    return (f"import json, sys, time; time.sleep(0.5); role = json.loads(sys.argv[1])['role']; "
+            f"sys.exit('RuntimeError: the stand-in ' + role + ' failed' if role == {fail_role!r} else 0)")
 
 
 def _schedule(configs, slots=("cpu", "cpu")) -> dict:
@@ -72,6 +72,8 @@ def test_a_failed_run_fails_its_students_and_leaves_the_others(monkeypatch):
 
 def test_a_sweep_with_failed_runs_raises_naming_them(monkeypatch, capsys):
     monkeypatch.setattr(sweep, "WORKER", _stand_in_worker(fail_role="teacher"))
-    with pytest.raises(SweepError, match=f"3 of 3 runs failed: {TEACHER.name} .*{PROJECTION.name} .*{CRD.name}"):
+    with pytest.raises(SweepError) as err:
         run_sweep([CRD], ["cpu"])
+    assert re.fullmatch(rf"3 of 3 runs failed: {TEACHER.name}: RuntimeError: the stand-in teacher failed \(log: \S+\); "
+                        rf"{PROJECTION.name}: its teacher failed; {CRD.name}: its teacher failed", str(err.value))
     assert re.search(rf"{PROJECTION.name} +failed", capsys.readouterr().out)  # the summary table

@@ -48,6 +48,21 @@ class SweepError(RuntimeError):
         super().__init__(message)
         self.rows = rows
 
+    @classmethod
+    def of(cls, failures: list[tuple[str, str]], total: int, rows: list[dict]) -> "SweepError":
+        """The error of a sweep whose runs ``failures`` (``(run name, cause)``) failed, of ``total`` runs."""
+        return cls(f"{len(failures)} of {total} runs failed: " + "; ".join(f"{name}: {cause}" for name, cause in failures),
+                   rows)
+
+
+def error_line(text: str | None, limit: int = 300) -> str:
+    """The last non-blank line of a task's output (``text``; where a Python error ends up), cut to ``limit``
+    characters (default 300); "no output" where there is none."""
+    lines = [line.strip() for line in (text or "").splitlines() if line.strip()]
+    if not lines:
+        return "no output"
+    return lines[-1] if len(lines[-1]) <= limit else lines[-1][:limit] + "..."
+
 
 @dataclass
 class Job:
@@ -88,8 +103,8 @@ def run_sweep(grid: str | list[RunConfig], devices: list[str], per_device: int =
     table: ``{"name", "status", "device", "seconds", "start", "end", "log"}``, the status "cached",
     "trained" or "failed", start and end from ``time.time()`` (None for a run that did not start).
     Raises ``ConfigError`` before anything starts for an unknown grid or a CUDA device id this machine
-    does not have, and ``SweepError`` (the rows in ``.rows``) naming the failed runs once the others
-    have finished.
+    does not have, and ``SweepError`` (the rows in ``.rows``) naming each failed run with its error line
+    (the last line of its log) and log once the others have finished.
     """
     slots = _slots(devices, per_device)
     _check_devices(devices)
@@ -102,10 +117,17 @@ def run_sweep(grid: str | list[RunConfig], devices: list[str], per_device: int =
     print(_table(jobs))
     failed = [job for job in jobs if job.status == "failed"]
     if failed:
-        why = lambda job: f"log: {job.log}" if job.start is not None else "its teacher failed"
-        raise SweepError(f"{len(failed)} of {len(jobs)} runs failed: "
-                         + "; ".join(f"{job.cfg.name} ({why(job)})" for job in failed), [job.row() for job in jobs])
+        raise SweepError.of([(job.cfg.name, _cause(job)) for job in failed], len(jobs), [job.row() for job in jobs])
     return [job.row() for job in jobs]
+
+
+def _cause(job: Job) -> str:
+    """Why a failed job failed: its teacher, the signal that killed its worker, or the last line of its log."""
+    if job.start is None:
+        return "its teacher failed"
+    code = job.process.returncode
+    why = f"killed by signal {-code}" if code < 0 else error_line(job.log.read_text(errors="replace"))
+    return f"{why} (log: {job.log})"
 
 
 def _slots(devices: list[str], per_device: int) -> list[str]:

@@ -13,7 +13,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Optional
 
-from desupcon.core.config import checked, coerce_value, require_field, short_hash
+from desupcon.core.config import (ACCUM_STEPS, BATCH, EPOCHS, SEED, bounded, checked, coerce_value, require_field,
+                                  short_hash)
 from desupcon.images.augment import PRESETS
 from desupcon.images.datasets import dataset_names
 from desupcon.engine.evaluate import EvalConfig
@@ -91,16 +92,16 @@ class RunConfig(TaskConfig):
     arch: str = checked("resnet18", choices=lambda: list(ARCHS))
     width: int = checked(64, ">= 4", lambda v: v >= 4)
     proj_dim: int = checked(64, ">= 2", lambda v: v >= 2)
-    epochs: int = checked(50, ">= 1", lambda v: v >= 1)
-    batch_size: int = checked(128, ">= 2 (contrastive losses need pairs)", lambda v: v >= 2)
-    accum_steps: int = checked(1, ">= 1 (1 = no gradient accumulation)", lambda v: v >= 1)
+    epochs: int = bounded(50, EPOCHS)
+    batch_size: int = bounded(128, BATCH)
+    accum_steps: int = bounded(1, ACCUM_STEPS)
     optimizer: str = checked("adam", f"one of {list(OPTIMIZERS)}", lambda v: v in OPTIMIZERS)
     lr: float = checked(1e-3, "in (0, 10] (the write-ups use 1e-3 with Adam)", lambda v: 0 < v <= 10)
     weight_decay: float = checked(0.0, "in [0, 1]", _fraction)
     sgd_momentum: float = checked(0.9, "in [0, 1)", _below_one)
     schedule: str = checked("constant", f"one of {list(SCHEDULES)}", lambda v: v in SCHEDULES)
     warmup_epochs: int = checked(0, ">= 0", _non_negative)
-    seeds: tuple[int, ...] = (DEFAULT_SEED,)
+    seeds: tuple[int, ...] = bounded((DEFAULT_SEED,), SEED)
     temperature: float = checked(0.07, "in (0, 10] (the write-ups use 0.07)", lambda v: 0 < v <= 10)
     alpha: float = checked(1.0, "in (0, 100] (the loss is divided by alpha)", lambda v: 0 < v <= 100)
     beta: float = checked(10.0, "in [0, 100]", lambda v: 0 <= v <= 100)
@@ -274,7 +275,7 @@ class RunConfig(TaskConfig):
         if self.teacher is not None:  # validated as a field (``Config.validate``)
             check(self.teacher.dataset == self.dataset, "teacher.dataset", self.teacher.dataset,
                   f"must match the run's dataset '{self.dataset}'")
-        check(world_size >= 1 and self.batch_size % world_size == 0, "batch_size", self.batch_size,
+        check(self.batch_size % world_size == 0, "batch_size", self.batch_size,
               f"must be divisible by the world size {world_size}")
         if num_train is not None:
             check(self.batch_size * self.accum_steps <= num_train, "batch_size", self.batch_size,

@@ -13,7 +13,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from desupcon.core.config import Config, checked, read_yaml
+from desupcon.core.config import (ACCUM_STEPS, BATCH, EPOCHS, IMAGE_SIDE, SEED, Config, bounded, checked, read_yaml,
+                                  shown)
 from desupcon.core.errors import ConfigError
 from desupcon.images.augment import PRESETS
 from desupcon.images.datasets import DataSpec, DatasetName, dataset_names
@@ -56,7 +57,7 @@ class DataConfig(Config):
     eval_source: str = ""
     image_column: str = checked("image", "a column name", lambda v: v != "")
     label_column: str = "label"
-    image_size: int = checked(16, ">= 8", lambda v: v >= 8)
+    image_size: int = bounded(16, IMAGE_SIDE)
     augment: str = checked("moco", choices=lambda: list(PRESETS))
 
 
@@ -82,19 +83,19 @@ class TrainConfig(Config):
     out_dir: run name: the checkpoint and log file stem.
     """
 
-    epochs: int = checked(20, ">= 1", lambda v: v >= 1)
-    batch_size: int = checked(32, ">= 2 (the loss contrasts images within a batch)", lambda v: v >= 2)
+    epochs: int = bounded(20, EPOCHS)
+    batch_size: int = bounded(32, BATCH)
     base_lr: float = checked(0.03, "in (0, 10] (moco-v3 ViT: 1.5e-4)", lambda v: 0 < v <= 10)
     weight_decay: float = checked(1e-4, "in [0, 1]", lambda v: 0 <= v <= 1)
     warmup_epochs: int = checked(1, ">= 0", lambda v: v >= 0)
-    accum_steps: int = checked(1, ">= 1 (1 = no gradient accumulation)", lambda v: v >= 1)
+    accum_steps: int = bounded(1, ACCUM_STEPS)
     momentum: float = checked(0.99, "in [0, 1) (moco-v3: 0.99)", lambda v: 0 <= v < 1)
     momentum_schedule: str = checked("fixed", f"one of {list(MOMENTUM_SCHEDULES)}",
                                      lambda v: v in MOMENTUM_SCHEDULES)
     temperature: float = checked(0.2, "in (0, 10] (moco-v3: 0.2)", lambda v: 0 < v <= 10)
     queue_size: int = checked(0, ">= 0 (0 = no queue)", lambda v: v >= 0)
     amp: bool = True
-    seed: int = 42
+    seed: int = bounded(42, SEED)
     checkpoint_every: int = checked(1, ">= 1", lambda v: v >= 1)
     out_dir: str = checked("moco_v3", "a plain folder name (letters, digits, '_', '-', '.')",
                            lambda v: re.fullmatch(r"[\w.-]+", v) is not None)
@@ -140,7 +141,7 @@ class ModelConfig(Config):
     patch_size: int = checked(16, ">= 1", lambda v: v >= 1)
     teacher_name: str = ""
     teacher_weights: str = ""
-    teacher_img_size: int = checked(224, ">= 1", lambda v: v >= 1)
+    teacher_img_size: int = bounded(224, IMAGE_SIDE)
 
 
 def ssl_methods() -> list[str]:
@@ -224,14 +225,14 @@ class SSLConfig(TaskConfig):
         if isinstance(raw.get("train"), dict) and "training_mode" in raw["train"]:
             mode = raw["train"]["training_mode"]
             raise ConfigError(f"{path}: 'train.training_mode' is now the top-level key 'method': replace it by "
-                              f"'method: {'vit_kd' if mode == 'kd' else mode}' at the top of the file")
+                              f"'method: {'vit_kd' if mode == 'kd' else shown(mode)}' at the top of the file")
         return super().from_yaml(path, overrides)
 
     def _check_combinations(self, source: str | None = None, num_train: int | None = None,
                             world_size: int = 1) -> None:
         d, t, m = self.data, self.train, self.model
         prefix = f"{source}: " if source else ""
-        fail = lambda key, value, requirement: ConfigError(f"{prefix}'{key}' = {value!r} {requirement}")
+        fail = lambda key, value, requirement: ConfigError(f"{prefix}'{key}' = {shown(value)} {requirement}")
         if t.warmup_epochs >= t.epochs:
             raise fail("train.warmup_epochs", t.warmup_epochs, "must be in [0, train.epochs)")
 
