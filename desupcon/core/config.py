@@ -83,8 +83,9 @@ IMAGE_SIDE = Range(8, 4096, "pixels per side: the networks' strides leave nothin
 
 def checked(default: Any, requirement: str = "", ok: Callable[[Any], bool] | None = None,
             choices: Callable[[], Any] | None = None, **kwargs) -> Any:
-    """A dataclass field with its check: ``ok(value)`` must hold (else "must be ``requirement``"),
-    or the value must be a key of the registry ``choices()`` returns."""
+    """A dataclass field with its check: ``ok(value)`` must hold (else "must be ``requirement``"), or the
+    value must be a key of the registry ``choices()`` returns (with ``ok`` too: either holds; the message
+    lists the choices, then ``requirement``)."""
     return field(default=default, metadata={"requirement": requirement, "ok": ok, "choices": choices}, **kwargs)
 
 
@@ -226,8 +227,10 @@ class Config:
             _check_type(hint, value, where, source)
             meta = f.metadata
             if meta.get("choices") is not None:
-                choices = meta["choices"]()
-                require_field(value in choices, where, value, f"must be one of {choices}", source)
+                choices, also = meta["choices"](), meta.get("ok")
+                require_field(value in choices or (also is not None and also(value)), where, value,
+                              f"must be one of {choices}" + (f" {meta['requirement']}" if meta["requirement"] else ""),
+                              source)
             elif meta.get("ok") is not None:
                 require_field(meta["ok"](value), where, value, f"must be {meta['requirement']}", source)
         self._check_combinations(source, **context)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Optional
 
 from desupcon.core.config import (ACCUM_STEPS, BATCH, EPOCHS, SEED, bounded, checked, coerce_value, require_field,
@@ -46,7 +47,9 @@ class RunConfig(TaskConfig):
             projection head, a student method for students).
         profile: the profile that produced this config ("smoke", "cifar100"); part of cache identity.
         dataset: a dataset of ``desupcon.images.datasets.dataset_names()``: a built-in, or a folder of ``$DESUPCON_DATA``
-            holding your own images (read at 32x32, ``desupcon.images.datasets.OWN_DATA_SIZE``; README: Your own data).
+            holding your own images, or the absolute path of such a folder (read at 32x32,
+            ``desupcon.images.datasets.OWN_DATA_SIZE``; README: Your own data). Run names and results groups
+            spell it as ``dataset_title``. Overriding it (``--set dataset=...``) sets the whole teacher chain's.
         arch: a backbone of ``desupcon.nn.models.ARCHS`` (CIFAR stem: 3x3 conv, no max-pool).
         width: channels of the first ResNet stage (64 = standard; smaller for smoke).
         proj_dim: dimension of the L2-normalised projection (64).
@@ -88,7 +91,9 @@ class RunConfig(TaskConfig):
     role: str = checked("student", f"one of {list(ROLES)}", lambda v: v in ROLES)
     method: str = checked("undistilled", choices=lambda: list(METHODS))
     profile: str = "cifar100"
-    dataset: str = checked("cifar100", choices=dataset_names)
+    dataset: str = checked("cifar100", "(the built-ins, then the folders of $DESUPCON_DATA), or the absolute path of "
+                                       "a folder of images (README: Your own data)", choices=dataset_names,
+                           ok=lambda v: Path(v).is_absolute() and Path(v).is_dir())
     arch: str = checked("resnet18", choices=lambda: list(ARCHS))
     width: int = checked(64, ">= 4", lambda v: v >= 4)
     proj_dim: int = checked(64, ">= 2", lambda v: v >= 2)
@@ -194,7 +199,7 @@ class RunConfig(TaskConfig):
 
     @property
     def caption(self) -> str:
-        return f"{self.dataset} test split ({self.profile} profile, seed {self.seed})"
+        return f"{self.dataset_title} test split ({self.profile} profile, seed {self.seed})"
 
     def for_seed(self, seed: int) -> "RunConfig":
         """The single-seed config of one run (what its checkpoint stores)."""
@@ -222,13 +227,25 @@ class RunConfig(TaskConfig):
     @property
     def results_group(self) -> str:
         """The comprehensive-results file this run is recorded in (``comprehensive_results_<group>.json``)."""
-        return f"{self.arch}_{self.dataset}"
+        return f"{self.arch}_{self.dataset_title}"
 
     @classmethod
     def from_dict(cls, d: dict, source: str = "config") -> "RunConfig":
         d = dict(d)
         d.setdefault("seeds", (DEFAULT_SEED,))
         return super().from_dict(d, source)
+
+    def _set(self, keys: list[str], raw: str, pair: str, prefix: str = ""):
+        """A dataset set at the top applies to the teacher chain too: a student is distilled on its own data."""
+        cfg = super()._set(keys, raw, pair, prefix)
+        if keys == ["dataset"] and cfg.teacher is not None:
+            cfg = dataclasses.replace(cfg, teacher=cfg.teacher._set(keys, raw, pair, f"{prefix}teacher."))
+        return cfg
+
+    @property
+    def dataset_title(self) -> str:
+        """The dataset as run names spell it: its name, or the folder's name for an absolute path."""
+        return Path(self.dataset).name
 
     def _extra_override(self, key: str, raw: str, pair: str):
         spec = self.spec
@@ -274,7 +291,8 @@ class RunConfig(TaskConfig):
                   f"a {self.role} run with method '{self.method}' needs a teacher config")
         if self.teacher is not None:  # validated as a field (``Config.validate``)
             check(self.teacher.dataset == self.dataset, "teacher.dataset", self.teacher.dataset,
-                  f"must match the run's dataset '{self.dataset}'")
+                  f"must match the run's dataset '{self.dataset}': set dataset= alone, which sets the teacher "
+                  f"chain's too")
         check(self.batch_size % world_size == 0, "batch_size", self.batch_size,
               f"must be divisible by the world size {world_size}")
         if num_train is not None:

@@ -130,11 +130,12 @@ class Method:
             stem = (self.stem(cfg) if self.stem else self.name) + (f"_bank{cfg.bank_k}" if cfg.bank_k else "")
         stem += "_bankpos" if cfg.bank_positives else ""
         stem += "_banklit" if cfg.bank_literal else ""
-        return f"{stem}_{cfg.arch}_{cfg.dataset}{self.name_suffix}"
+        return f"{stem}_{cfg.arch}_{cfg.dataset_title}{self.name_suffix}"
 
     def named_fields(self, cfg) -> set[str]:
         """The config fields ``reference_name`` spells out (the rest are hashed into the run name)."""
-        spelled = {"role", "method", "arch", "dataset", "bank_k", "bank_positives", "bank_literal"}
+        spelled = {"role", "method", "arch", "bank_k", "bank_positives", "bank_literal"}
+        spelled |= {"dataset"} if cfg.dataset == cfg.dataset_title else set()  # a folder's path is hashed in
         if self.in_bank_ablation(cfg):
             return spelled | set(BANK_ABLATION_RECIPE)
         return spelled | set(self.hyperparameters)

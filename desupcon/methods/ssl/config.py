@@ -234,7 +234,9 @@ class SSLConfig(TaskConfig):
         prefix = f"{source}: " if source else ""
         fail = lambda key, value, requirement: ConfigError(f"{prefix}'{key}' = {shown(value)} {requirement}")
         if t.warmup_epochs >= t.epochs:
-            raise fail("train.warmup_epochs", t.warmup_epochs, "must be in [0, train.epochs)")
+            raise fail("train.warmup_epochs", t.warmup_epochs,
+                       f"must be below train.epochs = {t.epochs} (the warmup is part of the run): set it too, e.g. "
+                       f"--set train.epochs={t.epochs} train.warmup_epochs={max(0, t.epochs // 10)}")
 
         if not d.source and d.dataset not in dataset_names():
             raise fail("data.dataset", d.dataset, f"must be one of {dataset_names()} (built-in, or a folder of "
