@@ -46,8 +46,8 @@
   fi
   echo "setup [1/3]: uv $uv_version into .venv (pip, one wheel)"
   .venv/bin/python -m pip install --quiet --disable-pip-version-check "uv==$uv_version"
-  echo "setup [2/3]: requirements.txt's pins with uv, torch from $torch (the first time on a machine about" \
-       "6.4 GB with PyPI's CUDA torch; uv's cache, $(.venv/bin/uv cache dir), makes the next ones take seconds)"
+  echo "setup [2/3]: requirements.txt's pins with uv, torch from $torch (the first time on a machine: about 3 GB" \
+       "to download, 6 GB installed with PyPI's CUDA torch; uv's cache, $(.venv/bin/uv cache dir), makes the next ones quick)"
   .venv/bin/uv pip install --python .venv/bin/python "${backend[@]}" -r requirements.txt
   echo "setup [3/3]: desupcon itself, editable (the package in $PWD)"
   .venv/bin/uv pip install --python .venv/bin/python --no-deps -e .
