@@ -21,8 +21,29 @@ def _config(profile, what: str, overrides: list[str]):
     return profile.recipe(what).override(overrides)
 
 
+def _index() -> dict:
+    """The command line's index of runs and their keys (``desupcon.core.cli_index``), built on first use."""
+    from desupcon.core import cli_index
+
+    def build() -> dict:
+        from desupcon.study.profiles import cli_index as runs
+
+        return runs()
+
+    return cli_index.load(build)
+
+
+def _check_run(run: str, overrides: list[str]) -> None:
+    """A mistyped run, key or value of a registry run answered from the index, before torch is imported."""
+    if not run.endswith((".yaml", ".yml")):
+        from desupcon.core.cli_index import check_run
+
+        check_run(_index(), run, overrides)
+
+
 def cmd_train(args) -> None:
     """Train one run; under ``torchrun --nproc_per_node=N`` the N processes train it together (DDP)."""
+    _check_run(args.run, args.set)
     from desupcon.core import distributed
     from desupcon.study.profiles import resolve_profile
     from desupcon.study.train import train
@@ -119,6 +140,7 @@ def cmd_pretrain(args) -> None:
 
 def cmd_memory(args) -> None:
     """Peak GPU memory of one training process of a run, measured on fake tensors, and the batch each card fits."""
+    _check_run(args.config, args.set)
     from desupcon.engine.memory import report
     from desupcon.study.profiles import resolve_profile
 
@@ -153,11 +175,11 @@ def build_parser() -> argparse.ArgumentParser:
     """The command line: one subcommand per entry point."""
     parser = argparse.ArgumentParser(prog="python -m desupcon", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    from desupcon.methods.distill.registry import runnable
+    runnable = list(_index()["runs"])
 
     p = sub.add_parser("train", help="train one run (or load it from the cache); on several GPUs: "
                                      "torchrun --nproc_per_node=N -m desupcon train RUN (--set batch_size is global)")
-    p.add_argument("run", help=f"one of {', '.join(runnable())}, or a MoCo-v3 YAML config")
+    p.add_argument("run", help=f"one of {', '.join(runnable)}, or a MoCo-v3 YAML config")
     p.add_argument("--profile", help="smoke, cifar100 or auto (default: $DESUPCON_PROFILE, then auto)")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                    help="config overrides, e.g. alpha=2 teacher.epochs=3 (train.epochs=5 for a YAML config)")
@@ -195,7 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_pretrain)
     p = sub.add_parser("memory", help="peak GPU memory of one training step (fake-tensor trace, no GPU needed) "
                                       "and the largest batch for 8-80 GB cards")
-    p.add_argument("config", help=f"a MoCo-v3 YAML config, or a run: one of {', '.join(runnable())}")
+    p.add_argument("config", help=f"a MoCo-v3 YAML config, or a run: one of {', '.join(runnable)}")
     p.add_argument("--profile", help="the profile of a run (default: $DESUPCON_PROFILE, then auto)")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                    help="config overrides, e.g. train.batch_size=64 (YAML) or bank_k=4096 (a run)")

@@ -82,18 +82,19 @@ IMAGE_SIDE = Range(8, 4096, "pixels per side: the networks' strides leave nothin
 
 
 def checked(default: Any, requirement: str = "", ok: Callable[[Any], bool] | None = None,
-            choices: Callable[[], Any] | None = None, **kwargs) -> Any:
+            choices: Callable[[], Any] | None = None, valid: Range | None = None, **kwargs) -> Any:
     """A dataclass field with its check: ``ok(value)`` must hold (else "must be ``requirement``"), or the
     value must be a key of the registry ``choices()`` returns (with ``ok`` too: either holds; the message
-    lists the choices, then ``requirement``)."""
-    return field(default=default, metadata={"requirement": requirement, "ok": ok, "choices": choices}, **kwargs)
+    lists the choices, then ``requirement``). ``valid``: the ``Range`` ``ok`` checks, for ``override_keys``."""
+    return field(default=default, metadata={"requirement": requirement, "ok": ok, "choices": choices, "valid": valid},
+                 **kwargs)
 
 
 def bounded(default: Any, valid: Range, **kwargs) -> Any:
     """A checked int field whose value lies in ``valid``; for a tuple of ints (``default`` a tuple) each element does."""
     if isinstance(default, tuple):
-        return checked(default, f"ints {valid}", lambda v: all(x in valid for x in v), **kwargs)
-    return checked(default, str(valid), lambda v: v in valid, **kwargs)
+        return checked(default, f"ints {valid}", lambda v: all(x in valid for x in v), valid=valid, **kwargs)
+    return checked(default, str(valid), lambda v: v in valid, valid=valid, **kwargs)
 
 
 @functools.cache
@@ -105,6 +106,7 @@ def field_types(cls: type) -> dict[str, Any]:
 
 
 _TYPE_WORDS = {bool: "True or False", int: "an int", float: "a finite number", str: "a string"}
+TYPE_WORDS = {"int": int, "float": float, "bool": bool, "str": str, "ints": tuple[int, ...]}  # a key's type by name
 
 
 class Config:
@@ -161,12 +163,31 @@ class Config:
             return dataclasses.replace(self, **{key: value._set(keys[1:], raw, pair, f"{prefix}{key}.")})
         if _section_type(hints[key]) is not None:
             raise ConfigError(f"{said}: '{key}' is a section; set one of its keys ('{key}.KEY=VALUE')")
-        return dataclasses.replace(self, **{key: _parse(hints[key], raw, f"{said}: '{prefix}{key}'",
+        return dataclasses.replace(self, **{key: parse_value(hints[key], raw, f"{said}: '{prefix}{key}'",
                                                         requirement(type(self), key))})
 
     def _extra_override(self, key: str, raw: str, pair: str):
         """Hook for keys that are not fields (e.g. a method's own hyperparameters); None = unknown."""
         return None
+
+    def override_keys(self, prefix: str = "") -> dict[str, tuple]:
+        """Every key an override can set on this config: ``{key: (its type's word in TYPE_WORDS, its
+        requirement, its Range's (low, high) or None)}``, sections and set sub-configs spelled
+        ``section.key``, plus ``extra_override_keys``."""
+        out = {}
+        for f in dataclasses.fields(self):
+            hint, value = field_types(type(self))[f.name], getattr(self, f.name)
+            if isinstance(value, Config):
+                out |= value.override_keys(f"{prefix}{f.name}.")
+            elif _section_type(hint) is None:
+                word, valid = next((w for w, t in TYPE_WORDS.items() if t == hint), "any"), f.metadata.get("valid")
+                out[f"{prefix}{f.name}"] = (word, f.metadata.get("requirement", ""),
+                                            None if valid is None else (valid.low, valid.high))
+        return out | {f"{prefix}{k}": v for k, v in self.extra_override_keys().items()}
+
+    def extra_override_keys(self) -> dict[str, tuple]:
+        """Hook: the keys ``_extra_override`` accepts (e.g. a method's own hyperparameters), as ``override_keys``."""
+        return {}
 
     @classmethod
     def keys(cls, prefix: str = "") -> list[str]:
@@ -293,7 +314,7 @@ def requirement(cls: type, name: str) -> str:
     return next(f.metadata.get("requirement", "") for f in dataclasses.fields(cls) if f.name == name)
 
 
-def _parse(hint, raw: str, where: str, needs: str = ""):
+def parse_value(hint, raw: str, where: str, needs: str = ""):
     """An override string as the field's type (``needs``: the field's requirement, for the message)."""
     if typing.get_origin(hint) is tuple:
         try:

@@ -140,3 +140,11 @@ def resolve_profile(name: str | None = None) -> tuple[Profile, str]:
         raise ConfigError(f"unknown profile '{requested}' (from the {source}): choose one of "
                           f"{sorted(PROFILES) + ['auto']}")
     return PROFILES[requested], f"{source}={requested}"
+
+
+def cli_index() -> dict:
+    """What ``python -m desupcon train RUN --set KEY=VALUE`` takes, for the command line's index
+    (``desupcon.core.cli_index``): each run with its config's keys (types and requirements) and the keys
+    an unknown-key message lists. The keys are the same under every profile."""
+    configs = {run: PROFILES["smoke"].recipe(run) for run in runnable()}
+    return {"runs": {run: {"keys": cfg.override_keys(), "listed": cfg.keys()} for run, cfg in configs.items()}}

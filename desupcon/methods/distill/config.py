@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from desupcon.core.config import (ACCUM_STEPS, BATCH, EPOCHS, SEED, bounded, checked, coerce_value, require_field,
-                                  short_hash)
+from desupcon.core.config import (ACCUM_STEPS, BATCH, EPOCHS, SEED, TYPE_WORDS, bounded, checked, coerce_value,
+                                  require_field, short_hash, shown)
 from desupcon.images.augment import PRESETS
 from desupcon.images.datasets import dataset_names
 from desupcon.engine.evaluate import EvalConfig
@@ -247,11 +247,17 @@ class RunConfig(TaskConfig):
         """The dataset as run names spell it: its name, or the folder's name for an absolute path."""
         return Path(self.dataset).name
 
+    def extra_override_keys(self) -> dict[str, tuple]:
+        """The method's own hyperparameters (``Method.params``), as ``override_keys`` gives fields."""
+        return {k: (next(w for w, t in TYPE_WORDS.items() if t is type(p.default)), p.requirement, None)
+                for k, p in self.spec.params.items()}
+
     def _extra_override(self, key: str, raw: str, pair: str):
         spec = self.spec
         if key not in spec.params:
             return None
-        value = coerce_value(type(spec.params[key].default), raw, f"override '{pair}': '{key}'")
+        param = spec.params[key]
+        value = coerce_value(type(param.default), raw, f"override {shown(pair)}: '{key}'", param.requirement)
         return dataclasses.replace(self, params=tuple(sorted({**dict(self.params), key: value}.items())))
 
     def _check_combinations(self, source: str | None = None, num_train: int | None = None,
