@@ -116,17 +116,18 @@ def one_line_error(argv, capsys) -> str:
 
 # --- the prepared cache --------------------------------------------------------------------------
 
-def test_prepare_data_skips_unreadable_images_with_one_warning_and_records_them(data_root, capsys):
-    with pytest.warns(UserWarning) as caught:
+def test_prepare_data_skips_unreadable_images_with_one_line_and_records_them(data_root, capsys):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # said as a [data] line, not as a Python warning
         assert main(["prepare-data", "tiles", "--size", str(SIDE), "--workers", "2"]) == 0
+    out = capsys.readouterr().out
     held = {name: held_out(data_root / "tiles" / name) for name in UNREADABLE}  # the empty file is held out
-    skips = {re.search(r"\((train|test)\): skipped", str(w.message))[1]: str(w.message) for w in caught
-             if "unreadable" in str(w.message)}
-    assert sorted(skips) == sorted({"test" if h else "train" for h in held.values()})  # one warning per split
+    skips = {re.search(r"\((train|test)\): skipped", line)[1]: line for line in out.splitlines() if "unreadable" in line}
+    assert sorted(skips) == sorted({"test" if h else "train" for h in held.values()})  # one line per split
     for split, message in skips.items():
         mine = [name for name in UNREADABLE if held[name] == (split == "test")]
-        assert f"skipped {len(mine)} unreadable image(s)" in message and all(name in message for name in mine)
-    out = capsys.readouterr().out
+        assert message.startswith("[data] ") and f"skipped {len(mine)} unreadable image(s)" in message
+        assert all(name in message for name in mine)
     train, test = entry_of(data_root, "tiles", "train"), entry_of(data_root, "tiles", "test")
     for split, entry in (("train", train), ("test", test)):  # where the cache is, and its size
         assert re.search(rf"^{split}: {entry.count:,} images at 16x16, .* MB: {re.escape(str(entry.folder))}$", out, re.M)
@@ -303,7 +304,7 @@ def test_a_failed_read_reaches_the_training_step(tmp_path):
     batches = [torch.arange(5), torch.arange(5, 10)]
     prefetcher = Prefetcher(file, batches, "cpu")
     assert prefetcher.next(batches[0]).shape == (5, 3, 4, 4)
-    with pytest.raises(RuntimeError, match=r"images\.npy ahead of the step failed: .* the file is truncated"):
+    with pytest.raises(DatasetUnavailableError, match=r"images\.npy: read 0 of the 48 bytes of image 5: the file was cut short"):
         prefetcher.next(batches[1])
     prefetcher.close()
 

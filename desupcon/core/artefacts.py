@@ -70,11 +70,18 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _remove_dead_temp_files(path: Path) -> None:
+def temp_name(path: Path, tag: str) -> Path:
+    """The temp file of ``path`` that this process writes, ``.<name>.<host>-<pid>.<tag>.tmp`` beside it
+    (``tag``: letters and digits), which ``remove_dead_temp_files`` recognises."""
+    return path.with_name(f".{path.name}.{_host()}-{os.getpid()}.{tag}.tmp")
+
+
+def remove_dead_temp_files(path: Path) -> None:
     """Delete temp files of ``path`` left by writers on this machine that were killed (SIGKILL, OOM).
 
-    A writer's temp file is ``.<name>.<host>-<pid>.<random>.tmp``; one whose process is gone would
-    otherwise stay forever (a checkpoint can be hundreds of MB). Live writers' files are kept.
+    A writer's temp file is ``.<name>.<host>-<pid>.<random or tag>.tmp`` (``temp_name``); one whose
+    process is gone would otherwise stay forever (a checkpoint can be hundreds of MB, a prepared
+    dataset gigabytes). Live writers' files are kept.
     """
     if os.name != "posix":  # os.kill(pid, 0) is not a liveness probe elsewhere
         return
@@ -134,7 +141,7 @@ def _atomic(path: Path, data) -> Path:
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        _remove_dead_temp_files(path)
+        remove_dead_temp_files(path)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{_host()}-{os.getpid()}.", suffix=".tmp")
     except OSError as err:
         raise _write_error(path, len(data), err) from None
@@ -174,7 +181,7 @@ def atomic_link(source: Path, path: Path) -> Path:
     ``source`` is later replaced by renames, never written in place, so ``path`` keeps this version.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{_host()}-{os.getpid()}.link.tmp")
+    tmp = temp_name(path, "link")
     tmp.unlink(missing_ok=True)
     try:
         os.link(source, tmp)

@@ -36,7 +36,8 @@ import torch.nn.functional as F
 from desupcon.core import distributed as dist
 from desupcon.core.errors import ConfigError, DatasetUnavailableError
 from desupcon.core.paths import data_root
-from desupcon.images.prepared import Prepared, human_bytes, prepare, store_builtin, stored_builtin
+from desupcon.images.prepared import (Prepared, checksum, data_fingerprint, human_bytes, prepare, store_builtin,
+                                      stored_builtin)
 from desupcon.images.sources import BUILTIN_SIDES, BUILTIN_SPLITS, Source, resolve, split_parts, splits_of
 from desupcon.images.stream import ArrayFile, Prefetcher
 
@@ -59,7 +60,8 @@ class ImageDataset:
 
     ``images`` is on the training device, or for ``stream`` residency a tensor over the memory map of
     ``file`` on the host (for slicing); ``labels`` are on the training device either way. Training
-    reads images through ``gather``.
+    reads images through ``gather``. ``fingerprint`` identifies the data (``Data.fingerprints``); None
+    for a dataset made otherwise than by ``Data.load``.
     """
 
     name: str
@@ -69,6 +71,7 @@ class ImageDataset:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     file: ArrayFile | None = None
+    fingerprint: dict | None = None
     _prefetcher: Prefetcher | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self):
@@ -90,7 +93,7 @@ class ImageDataset:
         """On ``device`` (a ``stream`` dataset moves its labels; its images stay in their file)."""
         images = self.images if self.file is not None else self.images.to(device)
         return ImageDataset(self.name, images, self.labels.to(device), self.num_classes, self.mean, self.std,
-                            self.file)
+                            self.file, self.fingerprint)
 
     def gather(self, idx: torch.Tensor) -> torch.Tensor:
         """The images ``idx`` ((B,) indices on the training device) as uint8 ``(B, C, H, W)`` on that device:
@@ -289,21 +292,28 @@ def _stored(source: Source, split: str, size: int) -> ImageDataset | Prepared:
     in host memory."""
     if source.kind != "builtin":
         return prepare(source, split, size)
-    return stored_builtin(source, split) or builtin_split(source.location, split)
+    load = functools.partial(builtin_split, source.location, split)
+    return stored_builtin(source, split, load) or load()
 
 
 def _placed(name: str, source: Source, split: str, stored, stream: bool, device, stats) -> ImageDataset:
-    """``stored`` as an ``ImageDataset`` on ``device``, or (``stream``) over its file, normalised with ``stats``."""
+    """``stored`` as an ``ImageDataset`` on ``device``, or (``stream``) over its file, normalised with ``stats``,
+    carrying its fingerprint (``Data.fingerprints``)."""
     if isinstance(stored, ImageDataset):  # a built-in split in host memory
         if not stream:
-            return ImageDataset(name, stored.images, stored.labels, stored.num_classes, *stats).to(device)
+            identity = data_fingerprint(source.location, split, "builtin", checksum(stored.images.numpy()),
+                                        checksum(stored.labels.numpy()))  # on the host, before the move
+            return ImageDataset(name, stored.images, stored.labels, stored.num_classes, *stats,
+                                fingerprint=identity).to(device)
         stored = store_builtin(source, split, stored)
     labels = torch.from_numpy(stored.labels()).to(device)
     if stream:
         file = ArrayFile(stored.images_path)
-        return ImageDataset(name, file.mapped(), labels, len(stored.classes), *stats, file=file)
+        return ImageDataset(name, file.mapped(), labels, len(stored.classes), *stats, file=file,
+                            fingerprint=stored.fingerprint)
     images = np.load(stored.images_path, mmap_mode=None if device.type == "cpu" else "c")  # read straight to a GPU
-    return ImageDataset(name, torch.from_numpy(images).to(device), labels, len(stored.classes), *stats)
+    return ImageDataset(name, torch.from_numpy(images).to(device), labels, len(stored.classes), *stats,
+                        fingerprint=stored.fingerprint)
 
 
 def prepare_data(text: str, size: int | None, splits=(), image_column: str = "image", label_column: str = "label",
@@ -327,8 +337,9 @@ def prepare_data(text: str, size: int | None, splits=(), image_column: str = "im
         if size not in (None, side):
             raise ConfigError(f"prepare-data {text}: built-in datasets are stored at their own side ({side}x{side}; runs "
                               f"crop and resize on the device); drop --size or give --size {side}")
-        return [(split, stored_builtin(source, split) or store_builtin(source, split, builtin_split(text, split)))
-                for split in splits or BUILTIN_SPLITS[text]]
+        loads = {split: functools.partial(builtin_split, text, split) for split in splits or BUILTIN_SPLITS[text]}
+        return [(split, stored_builtin(source, split, load) or store_builtin(source, split, load()))
+                for split, load in loads.items()]
     if size is None:
         raise ConfigError(f"prepare-data {text}: give --size, the side to store the images at (the run's "
                           f"data.image_size, e.g. --size 96)")
@@ -379,14 +390,22 @@ class Data:
         return self if self.labelled is None else Data(self.labelled, self.test)
 
     def fingerprints(self) -> dict[str, dict]:
-        """PLACEHOLDER until the prepared-cache branch lands."""
-        import hashlib
-        found = {}
-        for role, d in (("data.train", self.train), ("data.test", self.test), ("data.labelled", self.labelled)):
-            if d is not None:
-                h = hashlib.sha256(d.images.cpu().numpy().tobytes() + d.labels.cpu().numpy().tobytes()).hexdigest()
-                found[role] = {"source": d.name, "split": role, "files": "builtin", "content": h}
-        return found
+        """What identifies the data of each split, for a run's identity: ``{"data.train": ..., "data.test": ...,
+        "data.labelled": ...}`` (the last only when there is a ``labelled`` split), each ``{"source": the source's
+        location, "split": its split, "files": the hash of the source's file list or "builtin", "content": a hex
+        hash of the checksums of its uint8 images and int64 labels}`` (``desupcon.images.prepared.data_fingerprint``).
+
+        The same in every process that loads the same data, on any device and residency. A prepared entry's
+        come from its manifest (nothing is read again); a built-in split held in host memory is checksummed on
+        the host by ``Data.load`` before it moves to the device (CRC-32, 0.3-0.4 s per GB on one core: digits
+        at once, CIFAR-10/100's train split, 0.15 GB, in about 0.05 s, STL-10's train+unlabeled, 2.9 GB, in
+        about 1 s). A split made otherwise than by ``Data.load`` (tensors given by hand) is checksummed here, its
+        source its name and its split and files "given".
+        """
+        roles = {"data.train": self.train, "data.test": self.test, "data.labelled": self.labelled}
+        return {role: split.fingerprint or data_fingerprint(split.name, "given", "given", checksum(split.images.cpu().numpy()),
+                                                            checksum(split.labels.cpu().numpy()))
+                for role, split in roles.items() if split is not None}
 
     @classmethod
     def load(cls, name: str, device, residency_choice: str | None = None) -> "Data":

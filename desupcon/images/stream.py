@@ -9,6 +9,9 @@ buffers: a memory map would keep every page it touched in the resident set, up t
 batch's rows into a buffer (pinned memory on CUDA) up to ``DEPTH`` batches ahead; ``next(idx)`` hands
 the next one over, copied to the device without blocking, and a CUDA event keeps its buffer from
 being refilled before the copy is done. On the CPU each batch is a fresh tensor (no copy).
+
+A read that fails (the file cut short or unreadable after the run opened it) raises
+``DatasetUnavailableError`` naming the file and the fix, in the training thread: one line from the CLI.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from desupcon.core.errors import DatasetUnavailableError
 
 DEPTH = 4  # batches read ahead of the step
 
@@ -48,12 +53,21 @@ class ArrayFile:
 
     def read(self, rows: np.ndarray, out: np.ndarray) -> None:
         """Copy the images ``rows`` ((B,) integer indices) into ``out`` (uint8 ``(B, C, H, W)``, C-contiguous),
-        reading them in file order."""
+        reading them in file order; ``DatasetUnavailableError`` if the file cannot give them."""
         for j in np.argsort(rows, kind="stable"):
-            got = os.preadv(self.fd, [out[j]], self.offset + int(rows[j]) * self.row_bytes)
+            try:
+                got = os.preadv(self.fd, [out[j]], self.offset + int(rows[j]) * self.row_bytes)
+            except OSError as err:
+                raise self._unreadable(f"reading image {rows[j]} failed ({err.strerror or err})") from None
             if got != self.row_bytes:
-                raise OSError(f"{self.path}: read {got} of the {self.row_bytes} bytes of image {rows[j]}; the file is "
-                              f"truncated: delete its folder and it is prepared again")
+                raise self._unreadable(f"read {got:,} of the {self.row_bytes:,} bytes of image {rows[j]}: the file "
+                                       f"was cut short")
+
+    def _unreadable(self, what: str) -> DatasetUnavailableError:
+        return DatasetUnavailableError(
+            f"{self.path}: {what} after this run opened it (another process rewrote it, or its disk failed); "
+            f"rerun: a run checks the entry when it opens it and prepares it again, and training resumes from its "
+            f"last checkpoint")
 
     def mapped(self) -> torch.Tensor:
         """The whole array as a uint8 tensor over a copy-on-write memory map of the file (nothing read yet)."""
@@ -112,6 +126,8 @@ class Prefetcher:
                                f"tensors, in their order")
         self.position += 1
         item = self.ready.get()
+        if isinstance(item, DatasetUnavailableError):
+            raise item  # one line naming the file and the fix
         if isinstance(item, BaseException):
             raise RuntimeError(f"reading {self.file.path} ahead of the step failed: {item}") from item
         buffer, batch = item
