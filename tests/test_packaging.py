@@ -17,7 +17,7 @@ PROJECT = PYPROJECT["project"]
 RUNTIME = {canonicalize_name(r.name): r for r in map(Requirement, PROJECT["dependencies"])}
 EXTRAS = {extra: {canonicalize_name(r.name): r for r in map(Requirement, reqs)}
           for extra, reqs in PROJECT["optional-dependencies"].items()}
-IMPORT_TO_DIST = {"sklearn": "scikit-learn", "yaml": "pyyaml", "IPython": "ipython"}  # import name -> distribution
+IMPORT_TO_DIST = {"sklearn": "scikit-learn", "yaml": "pyyaml", "PIL": "pillow", "IPython": "ipython"}  # import name -> distribution
 
 
 def _pins() -> dict[str, Requirement]:
@@ -58,7 +58,7 @@ def _third_party() -> list[tuple[str, str, bool]]:
 def test_the_runtime_dependencies_and_extras_are_declared():
     assert PYPROJECT["tool"]["setuptools"]["packages"]["find"]["include"] == ["desupcon", "desupcon.*"]
     assert set(RUNTIME) == {"torch", "torchvision", "numpy", "scipy", "scikit-learn", "matplotlib", "plotly", "tqdm",
-                            "pyyaml"}
+                            "pyyaml", "pillow"}
     assert {"notebooks", "hf", "test"} <= set(EXTRAS)
     assert {"jupyterlab", "ipykernel", "nbmake"} <= set(EXTRAS["notebooks"]) and "datasets" in EXTRAS["hf"]
     assert {"pytest", "pytorch-metric-learning", "selenium"} <= set(EXTRAS["test"])
