@@ -332,12 +332,13 @@ def test_a_second_preparation_waits_for_the_first_and_uses_its_entry(data, capsy
     assert len(entries) == 2 and entries[0].manifest == entries[1].manifest
 
 
-def prepare_data_process(source: Path, data: Path, *extra) -> subprocess.Popen:
-    """``python -m desupcon prepare-data SOURCE --size SIDE --split train --workers 2`` as a process of its own."""
+def prepare_data_process(source: Path, data: Path, *extra, terminal: bool = False) -> subprocess.Popen:
+    """``python -m desupcon prepare-data SOURCE --size SIDE --split train --workers 2`` as a process of its own
+    (``terminal``: in a process group of its own, as a terminal's foreground job, which Ctrl-C signals whole)."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "DESUPCON_DATA": str(data)}
     return subprocess.Popen([sys.executable, "-m", "desupcon", "prepare-data", str(source), "--size", str(SIDE),
                              "--split", "train", "--workers", "2", *extra], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, start_new_session=terminal)
 
 
 @pytest.mark.slow
@@ -393,3 +394,24 @@ def test_sigkill_of_prepare_data_ends_its_workers_and_the_next_run_removes_its_t
     assert stale  # what the killed run left
     assert main(["prepare-data", str(source), "--size", str(SIDE), "--split", "train", "--workers", "2"]) == 0
     assert not any(p.exists() for p in stale) and (folder / "manifest.json").exists()
+
+
+@pytest.mark.slow
+def test_ctrl_c_in_prepare_data_is_one_line_saying_what_to_do_and_leaves_no_worker_or_temp_file(tmp_path, monkeypatch):
+    source = make_folder(tmp_path / "pictures", 400, side=160)
+    data = tmp_path / "data"
+    monkeypatch.setenv("DESUPCON_DATA", str(data))
+    folder = entry_folder(resolve(str(source)), "train", SIDE)
+    process = prepare_data_process(source, data, terminal=True)
+    deadline, workers = time.time() + 60, []
+    while time.time() < deadline and not (len(workers) == 2 and list(folder.glob(".images.npy.*.decoded.tmp"))):
+        workers = children(process.pid)
+        time.sleep(0.01)
+    assert len(workers) == 2 and process.poll() is None, "prepare-data finished before it could be interrupted"
+    os.killpg(process.pid, signal.SIGINT)  # Ctrl-C: the whole foreground process group
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err
+    assert "Traceback" not in err and err.strip().splitlines()[-1] == (
+        f"[interrupted] prepare-data {source}: interrupted train (none of its images is kept); rerun the same command "
+        f"to prepare what is missing")
+    assert not any(alive(w) for w in workers) and sorted(p.name for p in folder.iterdir()) == [".lock"]

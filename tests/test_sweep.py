@@ -4,7 +4,10 @@ One test trains four tiny students on two CPU workers for real; the scheduling t
 worker with a stand-in that sleeps (and fails where told), so they take a second or two.
 """
 
+import os
 import re
+import signal
+import threading
 
 import pytest
 
@@ -77,3 +80,18 @@ def test_a_sweep_with_failed_runs_raises_naming_them(monkeypatch, capsys):
     assert re.fullmatch(rf"3 of 3 runs failed: {TEACHER.name}: RuntimeError: the stand-in teacher failed \(log: \S+\); "
                         rf"{PROJECTION.name}: its teacher failed; {CRD.name}: its teacher failed", str(err.value))
     assert re.search(rf"{PROJECTION.name} +failed", capsys.readouterr().out)  # the summary table
+
+
+def test_ctrl_c_stops_the_workers_and_says_what_finished_and_how_to_continue(monkeypatch):
+    monkeypatch.setattr(sweep, "WORKER", "import time; time.sleep(120)")
+    timer = threading.Timer(2.0, os.kill, (os.getpid(), signal.SIGINT))  # Ctrl-C while two runs are running
+    timer.start()
+    try:
+        with pytest.raises(KeyboardInterrupt) as err:
+            run_sweep(STUDENTS, ["cpu", "cpu"])
+    finally:
+        timer.cancel()
+    running = ", ".join(cfg.name for cfg in STUDENTS[:2])
+    assert str(err.value) == (f"[interrupted] sweep: 0 of 4 runs finished, 2 interrupted ({running}: each resumes from "
+                              f"its last saved epoch), 2 not started; continue with the same command (python -m "
+                              f"desupcon sweep GRID ...): finished runs load from the cache")

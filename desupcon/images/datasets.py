@@ -329,7 +329,8 @@ def prepare_data(text: str, size: int | None, splits=(), image_column: str = "im
         image_column, label_column: the columns of a Hugging Face source.
         workers: decoding processes (default: ``desupcon.images.prepared``'s).
 
-    Returns ``(split, entry)`` for each split.
+    Returns ``(split, entry)`` for each split. Ctrl-C raises ``KeyboardInterrupt`` with one line naming the splits
+    prepared, the one interrupted and how to continue.
     """
     source = resolve(text, image_column, label_column)
     if source.kind == "builtin":
@@ -343,7 +344,15 @@ def prepare_data(text: str, size: int | None, splits=(), image_column: str = "im
     if size is None:
         raise ConfigError(f"prepare-data {text}: give --size, the side to store the images at (the run's "
                           f"data.image_size, e.g. --size 96)")
-    return [(split, prepare(source, split, size, workers)) for split in splits or splits_of(source)]
+    prepared = []
+    for split in splits or splits_of(source):
+        try:
+            prepared.append((split, prepare(source, split, size, workers)))
+        except KeyboardInterrupt:
+            done = f"prepared {', '.join(s for s, _ in prepared)}; " if prepared else ""
+            raise KeyboardInterrupt(f"[interrupted] prepare-data {text}: {done}interrupted {split} (none of its images "
+                                    f"is kept); rerun the same command to prepare what is missing") from None
+    return prepared
 
 
 def _nbytes(stored) -> int:

@@ -469,7 +469,9 @@ def _compact(path: Path, keep: np.ndarray) -> None:
 def _end_with_parent(parent: int) -> None:
     """Initializer of the decoding workers: end this worker when ``parent``, the process that started it,
     ends, however it ends (SIGKILL too): on Linux the kernel kills it (``prctl(PR_SET_PDEATHSIG, SIGKILL)``),
-    elsewhere a thread watching the parent's id does."""
+    elsewhere a thread watching the parent's id does. Ctrl-C is the parent's to handle (it stops the pool), so
+    a worker ignores SIGINT rather than print a traceback of its own."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     if sys.platform == "linux":
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
     else:

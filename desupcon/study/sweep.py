@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -34,6 +35,7 @@ from desupcon.study.profiles import resolve_profile
 from desupcon.study.train import train
 
 POLL_SECONDS = 0.2
+STOP_SECONDS = 60  # how long an interrupted worker gets to stop before it is killed
 DONE = ("cached", "trained")
 WORKER = "import sys; from desupcon.study.sweep import run_worker; run_worker(sys.argv[1])"
 
@@ -113,12 +115,36 @@ def run_sweep(grid: str | list[RunConfig], devices: list[str], per_device: int =
         if is_cached(job.cfg):
             job.status = "cached"
     _download([job.cfg.dataset for job in jobs if job.status == "pending"])
-    _schedule(jobs, slots, threads=max(1, (os.cpu_count() or 1) // len(slots)))
+    try:
+        _schedule(jobs, slots, threads=max(1, (os.cpu_count() or 1) // len(slots)))
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt(_interrupted(jobs, grid)) from None
     print(_table(jobs))
     failed = [job for job in jobs if job.status == "failed"]
     if failed:
         raise SweepError.of([(job.cfg.name, _cause(job)) for job in failed], len(jobs), [job.row() for job in jobs])
     return [job.row() for job in jobs]
+
+
+def _interrupted(jobs: list[Job], grid) -> str:
+    """After Ctrl-C: stop the running workers (each saves nothing more; its run resumes from its last saved
+    epoch) and say in one line what finished, what was interrupted and how to continue."""
+    running = [job for job in jobs if job.status == "running"]
+    for job in running:
+        job.process.send_signal(signal.SIGINT)  # a terminal's Ctrl-C reached them already; a kill does not
+    for job in running:
+        try:
+            job.process.wait(timeout=STOP_SECONDS)
+        except subprocess.TimeoutExpired:
+            job.process.kill()
+            job.process.wait()
+    finished = sum(job.status in DONE for job in jobs)
+    waiting = sum(job.status == "pending" for job in jobs)
+    names = ", ".join(job.cfg.name for job in running) or "none"
+    what = grid if isinstance(grid, str) else "GRID"
+    return (f"[interrupted] sweep: {finished} of {len(jobs)} runs finished, {len(running)} interrupted ({names}: each "
+            f"resumes from its last saved epoch), {waiting} not started; continue with the same command "
+            f"(python -m desupcon sweep {what} ...): finished runs load from the cache")
 
 
 def _cause(job: Job) -> str:
