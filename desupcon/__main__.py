@@ -21,7 +21,7 @@ def _config(profile, what: str, overrides: list[str]):
     return profile.recipe(what).override(overrides)
 
 
-def _index() -> dict:
+def command_index() -> dict:
     """The command line's index of runs and their keys (``desupcon.core.cli_index``), built on first use."""
     from desupcon.core import cli_index
 
@@ -38,7 +38,7 @@ def _check_run(run: str, overrides: list[str]) -> None:
     if not run.endswith((".yaml", ".yml")):
         from desupcon.core.cli_index import check_run
 
-        check_run(_index(), run, overrides)
+        check_run(command_index(), run, overrides)
 
 
 def cmd_train(args) -> None:
@@ -175,11 +175,10 @@ def build_parser() -> argparse.ArgumentParser:
     """The command line: one subcommand per entry point."""
     parser = argparse.ArgumentParser(prog="python -m desupcon", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    runnable = list(_index()["runs"])
-
+    runs = "teacher, projection or a student method such as crd or lw_supcrd (a name it does not know lists them)"
     p = sub.add_parser("train", help="train one run (or load it from the cache); on several GPUs: "
                                      "torchrun --nproc_per_node=N -m desupcon train RUN (--set batch_size is global)")
-    p.add_argument("run", help=f"one of {', '.join(runnable)}, or a MoCo-v3 YAML config")
+    p.add_argument("run", help=f"a run: {runs}; or a MoCo-v3 YAML config")
     p.add_argument("--profile", help="smoke, cifar100 or auto (default: $DESUPCON_PROFILE, then auto)")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                    help="config overrides, e.g. alpha=2 teacher.epochs=3 (train.epochs=5 for a YAML config)")
@@ -217,7 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_pretrain)
     p = sub.add_parser("memory", help="peak GPU memory of one training step (fake-tensor trace, no GPU needed) "
                                       "and the largest batch for 8-80 GB cards")
-    p.add_argument("config", help=f"a MoCo-v3 YAML config, or a run: one of {', '.join(runnable)}")
+    p.add_argument("config", help=f"a MoCo-v3 YAML config, or a run: {runs}")
     p.add_argument("--profile", help="the profile of a run (default: $DESUPCON_PROFILE, then auto)")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                    help="config overrides, e.g. train.batch_size=64 (YAML) or bank_k=4096 (a run)")

@@ -52,6 +52,8 @@
   echo "setup [3/3]: desupcon itself, editable (the package in $PWD)"
   .venv/bin/uv pip install --python .venv/bin/python --no-deps -e .
   echo "$want" > "$stamp"
+  echo "setup: indexing the command line's runs and keys (desupcon/core/cli_index.py), so a typo is answered at once"
+  .venv/bin/python -c "import desupcon.__main__ as cli; cli.command_index()"
   echo "setup: .venv ready in $(( $(date +%s) - start )) s, $(du -sh .venv | cut -f1) on disk ($PWD/.venv)"
 )
 desupcon_setup_status=$?

@@ -42,15 +42,15 @@ def load(build: Callable[[], dict]) -> dict:
             return index
     except (OSError, ValueError):
         pass  # no index yet, or an unreadable one: build it
-    index = {"fingerprint": fingerprint, **build()}
+    text = json.dumps({"fingerprint": fingerprint, **build()})
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{fingerprint[:8]}.tmp")
-        tmp.write_text(json.dumps(index))
+        tmp.write_text(text)
         tmp.replace(path)
     except OSError:
         pass
-    return index
+    return json.loads(text)  # as a cached one reads
 
 
 def check_run(index: dict, run: str, pairs) -> None:
