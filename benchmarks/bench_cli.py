@@ -3,10 +3,10 @@ against another, and whether it imported torch to answer.
 
 Each case is a fresh process, timed from outside (start to exit), the two checkouts interleaved one
 process of each per round, so a machine's load changes both alike; the median is printed with the
-ratio. Each process's ``DESUPCON_HOME`` is a temporary folder shared by one checkout's processes, and
-one untimed unknown-method call per checkout first builds the command line's index (``desupcon/core/cli_index.py``),
-as ``source scripts/setup_env.sh`` does; ``--cold`` gives every process an empty home instead (the
-first call after an edit of the package builds the index). ``torch`` says whether a process imported torch.
+ratio. Each process's cache folder (``XDG_CACHE_HOME``) is a temporary folder shared by one checkout's
+processes, and one untimed unknown-method call per checkout first builds the command line's index
+(``desupcon/core/cli_index.py``), as ``source scripts/setup_env.sh`` does; ``--cold`` gives every
+process an empty cache folder instead (the first call after an edit of the package builds the index). ``torch`` says whether a process imported torch.
 
     git worktree add /tmp/before 17a84ee
     python benchmarks/bench_cli.py --baseline /tmp/before --rounds 5
@@ -38,9 +38,11 @@ RUN = "import runpy, sys; sys.argv = ['desupcon', *sys.argv[1:]]\ntry:\n    runp
       "except SystemExit:\n    pass\nsys.stderr.write('\\ntorch imported: ' + str('torch' in sys.modules) + '\\n')"
 
 
-def measure(checkout: Path, argv: list[str], home: str) -> tuple[float, bool]:
-    """Seconds of one fresh ``python -m desupcon ARGV`` in ``checkout``, and whether it imported torch."""
-    env = {**os.environ, "PYTHONPATH": str(checkout), "DESUPCON_HOME": home, "DESUPCON_PROFILE": "smoke"}
+def measure(checkout: Path, argv: list[str], cache: str) -> tuple[float, bool]:
+    """Seconds of one fresh ``python -m desupcon ARGV`` in ``checkout`` (cache folder ``cache``), and whether it
+    imported torch."""
+    env = {**os.environ, "PYTHONPATH": str(checkout), "XDG_CACHE_HOME": cache, "DESUPCON_PROFILE": "smoke",
+           "DESUPCON_HOME": tempfile.gettempdir() + "/bench_cli_home"}
     start = time.perf_counter()
     done = subprocess.run([sys.executable, "-c", RUN, *argv], env=env, cwd=checkout, capture_output=True, text=True)
     seconds = time.perf_counter() - start
@@ -51,7 +53,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--baseline", type=Path, help="a checkout of an earlier commit to compare with")
     parser.add_argument("--rounds", type=int, default=5, help="fresh processes per case and checkout (default 5)")
-    parser.add_argument("--cold", action="store_true", help="an empty DESUPCON_HOME for every process (no index yet)")
+    parser.add_argument("--cold", action="store_true", help="an empty cache folder for every process (no index yet)")
     parser.add_argument("--json", type=Path, help="write the figures here")
     args = parser.parse_args()
     checkouts = {"this checkout": ROOT} | ({"baseline": args.baseline.resolve()} if args.baseline else {})

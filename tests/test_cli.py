@@ -64,7 +64,7 @@ def test_help_and_mistakes_are_answered_without_importing_torch(tmp_path):
     """Once the command line's index is built (the first call that needs it), a typo costs no torch import."""
     from desupcon.methods.distill.registry import runnable
 
-    env = {**os.environ, "DESUPCON_HOME": str(tmp_path)}
+    env = {**os.environ, "DESUPCON_HOME": str(tmp_path / "home"), "XDG_CACHE_HOME": str(tmp_path / "cache")}
     cli = lambda *argv: subprocess.run([sys.executable, "-c", RUN_CLI, *argv], env=env, capture_output=True, text=True)
     help_text = cli("train", "--help")
     assert "YAML" in help_text.stdout and help_text.stdout.endswith("torch imported: False\n")  # no index needed
@@ -78,11 +78,12 @@ def test_help_and_mistakes_are_answered_without_importing_torch(tmp_path):
         assert done.stdout.endswith("torch imported: False\n"), argv
 
 
-def test_the_index_answers_as_the_full_config_build_does(monkeypatch):
+def test_the_index_answers_as_the_full_config_build_does(monkeypatch, tmp_path):
     """Each mistake the index answers gets the message building the config would give; valid input passes."""
     from desupcon.core import cli_index
     from desupcon.study.profiles import PROFILES, cli_index as build
 
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     builds = []
     index = lambda: cli_index.load(lambda: builds.append(1) or build())
     first = index()

@@ -3,9 +3,10 @@ value is answered without importing torch.
 
 The index holds every run name and, for each, the keys its config takes with their types and
 requirements, as the package builds them (``desupcon.study.profiles.cli_index``). It is built on the
-first call that needs it (that call imports the whole package, a few seconds) and kept in
-``$DESUPCON_HOME/.cache/cli_index.json``, keyed by a fingerprint of the package's source files (path,
-size, modification time), so an edited or new method file rebuilds it. ``check_run`` raises the
+first call that needs it (that call imports the whole package, a few seconds) and kept in the user's
+cache folder (``$XDG_CACHE_HOME/desupcon``, default ``~/.cache/desupcon``; never the output home, so a
+refused command writes nothing there), one file per fingerprint of the package's source files (path,
+size, modification time), so an edited or new method file gets a new index. ``check_run`` raises the
 ``ConfigError`` the full config build would raise for an unknown run, an unknown key, a value of
 the wrong type or outside its field's ``Range``; what it lets through is still checked in full when
 the run's config is built.
@@ -15,12 +16,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Callable
 
 from desupcon.core.config import TYPE_WORDS, parse_value, require_field, shown
 from desupcon.core.errors import ConfigError
-from desupcon.core.paths import output_root
 
 PACKAGE = Path(__file__).resolve().parents[1]
 
@@ -35,7 +36,8 @@ def source_fingerprint() -> str:
 def load(build: Callable[[], dict]) -> dict:
     """The index of this version of the package's source: the cached one, else ``build()``'s, cached
     (a home that cannot be written to just means building it again next time)."""
-    path, fingerprint = output_root() / ".cache" / "cli_index.json", source_fingerprint()
+    fingerprint = source_fingerprint()
+    path = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "desupcon" / f"cli_index-{fingerprint[:16]}.json"
     try:
         index = json.loads(path.read_text())
         if index.get("fingerprint") == fingerprint:
