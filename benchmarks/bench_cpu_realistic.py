@@ -32,10 +32,12 @@ Comparisons (``--compare``, default all; each side in this one process, rounds i
 Method: each side is built from the same seed; one untimed step under ``FlopCounterMode`` warms it up
 and counts its FLOPs; then ``--rounds`` rounds of ``--steps`` steps per side, interleaved so that load
 from other processes falls on both alike. Each window's seconds per step and the 1-minute load
-average at its end are printed; the report gives each side's median, images/s, the ratio, and the
-achieved GFLOP/s against this CPU's nominal fp32 peak (``machine.fp32_peak``). The DataLoader sides
-prefetch while the other side runs (their PIL work, under 1% of a step here, is then charged to the
-other side).
+average at its end are printed; the report gives each side's median, images/s, the ratio of the
+medians and the median of the per-round ratios (a round's two windows are adjacent in time, so a
+load burst moves both), and the achieved GFLOP/s against this CPU's nominal fp32 peak
+(``machine.fp32_peak``; turbo clocks can take a side above 100%). A DataLoader side's workers make
+the batch that replaces the one a step takes while that step runs, so its PIL work (1-2% of a step
+here) falls in its own window.
 
     python benchmarks/bench_cpu_realistic.py --compare supcon            # about 4 minutes on 2 cores
     python benchmarks/bench_cpu_realistic.py --compare moco --fast auto  # bf16 where the CPU has it
@@ -80,7 +82,7 @@ def parse_args() -> argparse.Namespace:
     what.add_argument("--ablate", choices=ABLATIONS, help="time one fast-path choice against the default instead")
     p.add_argument("--method", choices=("supcon", "lw_supcrd"), default="supcon",
                    help="the desupcon step --ablate channels_last, threads and compile time (default: supcon)")
-    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds; medians are reported (default: 3)")
+    p.add_argument("--rounds", type=int, default=5, help="interleaved rounds; medians are reported (default: 5)")
     p.add_argument("--steps", type=int, default=1, help="steps per side per round (default: 1)")
     p.add_argument("--batch-size", type=int, default=128, help="images per step of supcon and lw_supcrd (default: 128)")
     p.add_argument("--width", type=int, default=64,
@@ -163,8 +165,11 @@ def summarize(title: str, results: dict, images_per_step: int, peak: dict, ablat
     ratios = {}
     for other in others:
         a, b = (other, first) if ablation else (first, other)
-        ratios[other] = results[a]["images_per_second"] / results[b]["images_per_second"]
-        print(f"  images/s, {a} / {b}: {ratios[other]:.2f}x")
+        per_round = [tb / ta for ta, tb in zip(results[a]["windows"], results[b]["windows"])]
+        ratios[other] = {"of_medians": results[a]["images_per_second"] / results[b]["images_per_second"],
+                         "per_round": per_round, "median_per_round": statistics.median(per_round)}
+        print(f"  images/s, {a} / {b}: {ratios[other]['of_medians']:.2f}x (ratio of the medians); per round "
+              f"{' '.join(f'{x:.2f}' for x in per_round)}, median {ratios[other]['median_per_round']:.2f}x")
     return {"sides": results, "ratios": ratios, "images_per_step": images_per_step}
 
 
