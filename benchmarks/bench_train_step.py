@@ -192,13 +192,20 @@ def synthetic_images(args, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     return images, torch.randint(0, NUM_CLASSES, (args.num_images,), generator=gen)
 
 
-def desupcon_step(cfg, images, labels, teacher: ModelWrapper, device: torch.device, fast: bool | str):
-    """``Trainer.step`` on consecutive batches of a fixed permutation of the images, which live on ``device``."""
+def desupcon_trainer(cfg, images, labels, teacher, device: torch.device, fast: bool | str):
+    """A ``Trainer`` of ``cfg`` (any task's config) on the uint8 ``images`` (moved to ``device``), and its step:
+    ``Trainer.step`` on consecutive batches of a fixed permutation of the images."""
+    batch, seed = cfg.recipe.batch_size, cfg.recipe.seed
     dataset = ImageDataset("synthetic", images.to(device), labels.to(device), NUM_CLASSES, *CIFAR_MEAN_STD["cifar100"])
     trainer = Trainer(cfg, Data(train=dataset, test=dataset), device, teacher, fast=fast)  # step reads train only
-    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(cfg.seeds[0])).to(device)
-    batches = itertools.cycle(order[:len(dataset) // cfg.batch_size * cfg.batch_size].view(-1, cfg.batch_size))
-    return lambda: trainer.step(next(batches))
+    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed)).to(device)
+    batches = itertools.cycle(order[:len(dataset) // batch * batch].view(-1, batch))
+    return trainer, lambda: trainer.step(next(batches))
+
+
+def desupcon_step(cfg, images, labels, teacher: ModelWrapper, device: torch.device, fast: bool | str):
+    """The step of ``desupcon_trainer``."""
+    return desupcon_trainer(cfg, images, labels, teacher, device, fast)[1]
 
 
 class TwoViewImages(torch.utils.data.Dataset):
@@ -221,7 +228,8 @@ class SeedStyleStep:
     Per-image PIL views (RandomResizedCrop, flip, colour jitter, grayscale) in ``os.cpu_count()``
     workers, fp32, eager; student forward on view 1, teacher forward on both views under no_grad, the
     teacher head with gradient on view 2, the same LW-SupCRD loss against the batch plus ``cfg.bank_k``
-    keys of a momentum bank, the classifier's cross-entropy on detached features, one Adam step.
+    keys of a momentum bank, the classifier's cross-entropy on detached features, one Adam step;
+    returns the detached loss.
     """
 
     def __init__(self, cfg, images, labels, teacher: ModelWrapper, device: torch.device):
@@ -266,6 +274,7 @@ class SeedStyleStep:
         self.optimizer.zero_grad()
         loss.backward()
         self.optimizer.step()
+        return loss.detach()
 
 
 def moco_step(device: torch.device):
