@@ -35,13 +35,15 @@ from other processes falls on both alike. Each window's seconds per step and the
 average at its end are printed; the report gives each side's median, images/s, the ratio of the
 medians and the median of the per-round ratios (a round's two windows are adjacent in time, so a
 load burst moves both), and the achieved GFLOP/s against this CPU's nominal fp32 peak
-(``machine.fp32_peak``; turbo clocks can take a side above 100%). A DataLoader side's workers make
+(``machine.fp32_peak``; turbo clocks can take a side above 100%) and against what a plain 2048x2048
+fp32 matmul reaches on this CPU at the start (``machine.matmul_gflops``, the column "of mm"). A DataLoader side's workers make
 the batch that replaces the one a step takes while that step runs, so its PIL work (1-2% of a step
 here) falls in its own window.
 
     python benchmarks/bench_cpu_realistic.py --compare supcon            # about 4 minutes on 2 cores
     python benchmarks/bench_cpu_realistic.py --compare moco --fast auto  # bf16 where the CPU has it
     python benchmarks/bench_cpu_realistic.py --ablate teacher
+    ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2 python benchmarks/bench_cpu_realistic.py  # as on AVX2 only
 """
 
 from __future__ import annotations
@@ -66,12 +68,13 @@ from desupcon.images.datasets import CIFAR_MEAN_STD, load_splits
 from desupcon.methods.ssl.config import load_config
 from desupcon.nn.models import CifarResNet, ModelWrapper, fold_batchnorm
 from desupcon.study.profiles import CONFIGS, PROFILES
-from machine import cpu_flags, fp32_peak, load_average
+from machine import cpu_flags, fp32_peak, load_average, matmul_gflops
 
 COMPARISONS = ("supcon", "lw_supcrd", "moco")
 ABLATIONS = ("channels_last", "teacher", "threads", "compile")
 MOCO_CONFIG = CONFIGS / "moco_v3_vit_small_stl10.yaml"
 FAST = {"auto": "auto", "on": True, "off": False}
+ISA_CAPS = ("ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")  # e.g. =AVX2: time an AVX2-only CPU on a newer one
 
 
 def parse_args() -> argparse.Namespace:
@@ -152,15 +155,16 @@ def summarize(title: str, results: dict, images_per_step: int, peak: dict, ablat
     images/s: the first side's to each other's, or with ``ablation`` each other side's to the first (the
     default); returns the figures."""
     print(f"\n{title}")
-    print(f"  {'':42s}{'images/s':>9s}{'s/step':>8s}{'GFLOP/step':>11s}{'GFLOP/s':>8s}{'of peak':>8s}  load")
+    print(f"  {'':42s}{'images/s':>9s}{'s/step':>8s}{'GFLOP/step':>11s}{'GFLOP/s':>8s}{'of peak':>8s}{'of mm':>7s}  load")
     for name, r in results.items():
         r["images_per_second"] = images_per_step / r["seconds_per_step"]
         r["gflops"] = r["flops"] / r["seconds_per_step"] / 1e9 if r["flops"] else None
         counted = r["gflops"] is not None
         share = f"{100 * r['gflops'] / peak['gflops']:.0f}%" if counted and peak["gflops"] else "-"
+        of_mm = f"{100 * r['gflops'] / peak['matmul_gflops']:.0f}%" if counted else "-"
         flops = f"{r['flops'] / 1e9:11.1f}{r['gflops']:8.1f}" if counted else f"{'-':>11s}{'-':>8s}"
         loads = f"{min(r['loads']):.1f}-{max(r['loads']):.1f}"
-        print(f"  {name:42s}{r['images_per_second']:9.2f}{r['seconds_per_step']:8.2f}{flops}{share:>8s}  {loads}")
+        print(f"  {name:42s}{r['images_per_second']:9.2f}{r['seconds_per_step']:8.2f}{flops}{share:>8s}{of_mm:>7s}  {loads}")
     first, *others = results
     ratios = {}
     for other in others:
@@ -379,7 +383,7 @@ def compare_moco(args) -> dict | None:
 
 def layout(trainer, memory_format: torch.memory_format):
     """Put the task's networks (the model and a distillation teacher) and its views in ``memory_format``."""
-    trainer.fast = memory_format == torch.channels_last  # what the task reads for the views' layout
+    trainer.channels_last = memory_format == torch.channels_last  # what the task reads for the views' layout
     for module in (trainer.task.model, getattr(trainer.task, "teacher", None)):
         if module is not None:
             module.to(memory_format=memory_format)
@@ -491,7 +495,8 @@ def machine_line(peak: dict) -> str:
     ghz = f"{peak['ghz']:.2f} GHz" if peak["ghz"] else "clock unknown"
     nominal = f"{peak['gflops']:.0f} GFLOP/s" if peak["gflops"] else "unknown"
     return (f"flags {' '.join(cpu_flags()) or 'none read'}; {peak['cores']} cores x {ghz} x {peak['flops_per_cycle']} "
-            f"fp32 FLOP/cycle ({peak['simd']}) = nominal fp32 peak {nominal}")
+            f"fp32 FLOP/cycle ({peak['simd']}) = nominal fp32 peak {nominal} (turbo clocks go above it); "
+            f"a plain fp32 matmul reaches {peak['matmul_gflops']:.0f} GFLOP/s here ('of mm')")
 
 
 def main():
@@ -501,11 +506,16 @@ def main():
     if args.threads:
         torch.set_num_threads(args.threads)
     peak, env = fp32_peak(), environment(CPU)
+    peak["matmul_gflops"] = matmul_gflops()
     print(f"CPU: {env['cpu']} | {machine_line(peak)}")
+    capped = {name: os.environ[name] for name in ISA_CAPS if os.environ.get(name)}
+    if capped:
+        print("instruction sets capped (as on a CPU without the later ones): "
+              + ", ".join(f"{name}={value}" for name, value in capped.items()))
     print(f"torch {env['torch']}, {torch.get_num_threads()} threads, {torch.get_num_interop_threads()} interop threads "
           f"| desupcon --fast {args.fast} | load average {load_average():.2f} at start | "
           f"{args.rounds} interleaved rounds of {args.steps} step(s) per side")
-    out = {"environment": env, "peak": peak, "flags": cpu_flags(), "args": {k: str(v) for k, v in vars(args).items()},
+    out = {"environment": env, "peak": peak, "flags": cpu_flags(), "isa_caps": capped, "args": {k: str(v) for k, v in vars(args).items()},
            "results": {}}
     for name in args.compare or [args.ablate]:
         built = BUILDERS[name](args)

@@ -6,8 +6,8 @@ memory bank, loss, Adam step and seed, on synthetic uint8 images of the real sha
 
   desupcon    ``desupcon.engine.Trainer``: the dataset is a uint8 tensor on the device, both views
               are made there in one batched call, bf16 autocast + channels_last where the
-              hardware runs bf16 natively (``Trainer(fast="auto")``: CUDA, AMX/AVX-512 BF16 CPUs), the
-              teacher runs without autograd.
+              hardware runs bf16 natively (``Trainer(fast="auto")``: CUDA, AMX/AVX-512 BF16 CPUs),
+              fp32 channels_last on other CPUs, the teacher runs without autograd.
   write-up-style  what the write-ups ran: torchvision PIL transforms per image (two views) in a DataLoader
               with one worker per core (pinned memory on CUDA, persistent workers), fp32, eager.
               The DataLoader is part of the timed hot path.
@@ -21,6 +21,7 @@ MoCo-v3 ViT-S/16 step (96x96, batch 256) on CUDA. --json writes everything with 
 software versions.
 
     python benchmarks/bench_train_step.py                  # CPU-sized defaults, under 3 minutes
+    python benchmarks/bench_train_step.py --realistic --fast off --steps 2 --warmup 1   # fp32, real sizes
     python benchmarks/bench_train_step.py --device cuda --moco --json benchmarks/h100.json
 """
 
@@ -65,6 +66,7 @@ DEFAULTS = {  # flags left unset take the value for the device: a quick CPU chec
     "cuda": dict(steps=50, warmup=10, size=32, num_images=CIFAR100_TRAIN_IMAGES, student_width=64,
                  teacher_width=64, bank_k=RECIPE.bank_k),
 }
+REALISTIC = dict(size=32, student_width=64, teacher_width=64)  # --realistic: the write-ups' networks and images
 PEAK_BF16_TFLOPS = (  # dense bf16 tensor-core peak; the first name fragment found in the device name wins
     ("H100 PCIe", 756), ("H100 NVL", 835), ("H100", 989), ("H200", 989), ("A100", 312),
 )
@@ -89,6 +91,9 @@ def parse_args() -> argparse.Namespace:
                    help=f"first-stage channels of the ResNet-18 student, 64 = standard {per_device('student_width')}")
     p.add_argument("--teacher-width", type=int,
                    help=f"first-stage channels of the ResNet-50 teacher, 64 = standard {per_device('teacher_width')}")
+    p.add_argument("--realistic", action="store_true",
+                   help="the write-ups' sizes on any device: 32x32 images, ResNet-18 and ResNet-50 at width 64 "
+                        "(with --fast off: the fp32 path; flags given explicitly win)")
     p.add_argument("--bank-k", type=int, help=f"memory-bank keys per step, at most --num-images minus the batch "
                                               f"{per_device('bank_k')}")
     p.add_argument("--fast", choices=("auto", "on", "off"), default="auto",
@@ -106,7 +111,7 @@ def parse_args() -> argparse.Namespace:
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     if args.device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda: no CUDA GPU is visible to PyTorch")
-    for key, value in DEFAULTS[args.device].items():
+    for key, value in {**DEFAULTS[args.device], **(REALISTIC if args.realistic else {})}.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
     return args

@@ -1,8 +1,12 @@
-"""What the benchmarks record of the machine they ran on: CPU model, SIMD flags, clock, nominal fp32 peak, load."""
+"""What the benchmarks record of the machine they ran on: CPU model, SIMD flags, clock, nominal and measured
+fp32 peak, load."""
 
 import os
 import platform
+import time
 from pathlib import Path
+
+import torch
 
 SIMD_FLAGS = ("sse4_2", "avx", "fma", "avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16")
 
@@ -54,3 +58,16 @@ def fp32_peak() -> dict:
 def load_average() -> float:
     """The 1-minute load average (runnable processes; above the core count the cores are shared)."""
     return os.getloadavg()[0]
+
+
+def matmul_gflops(side: int = 2048, repeats: int = 5) -> float:
+    """GFLOP/s of the fastest of ``repeats`` fp32 ``side`` x ``side`` matmuls with torch's current threads: the
+    ceiling a compute-bound fp32 step can hope for on this CPU, measured (turbo and shared cores included)."""
+    a, b = torch.randn(side, side), torch.randn(side, side)
+    torch.mm(a, b)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - start)
+    return 2 * side ** 3 / best / 1e9

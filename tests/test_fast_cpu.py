@@ -16,7 +16,7 @@ import torch
 from tqdm import tqdm
 
 from desupcon.images.datasets import Data, ImageDataset, load_splits
-from desupcon.engine.trainer import Trainer, channels_last
+from desupcon.engine.trainer import Trainer, uses_channels_last
 from desupcon.methods.distill.config import RunConfig
 from desupcon.nn.models import ModelWrapper
 from desupcon.study.profiles import PROFILES
@@ -58,7 +58,7 @@ def fp32_trainer(method: str, data: Data, teacher: ModelWrapper, **overrides) ->
 
 def as_nchw(trainer: Trainer) -> Trainer:
     """The same trainer as it was before channels_last in fp32: networks and views NCHW."""
-    trainer.fast = False  # the task reads it for the views' layout at every step
+    trainer.channels_last = False  # the task reads it for the views' layout at every step
     for module in (trainer.task.model, trainer.task.teacher):
         if module is not None:
             module.to(memory_format=torch.contiguous_format)
@@ -77,9 +77,9 @@ def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def test_cpu_fp32_chooses_channels_last():
-    assert channels_last(CPU, mixed_precision=False)
-    assert channels_last(CPU, mixed_precision=True)
-    assert not channels_last(torch.device("cuda"), mixed_precision=False)  # fp32 on a GPU: not measured, NCHW
+    assert uses_channels_last(CPU, mixed_precision=False)
+    assert uses_channels_last(CPU, mixed_precision=True)
+    assert not uses_channels_last(torch.device("cuda"), mixed_precision=False)  # fp32 on a GPU: not measured, NCHW
 
 
 def test_fp32_cpu_trainer_runs_its_networks_and_views_in_channels_last(data, teacher):

@@ -223,7 +223,7 @@ def fake_task(cfg, device: torch.device, fast: bool, mode: FakeTensorMode):
     Args:
         cfg: a run's config (one process: its batch is the per-process batch).
         device: the fake device of every tensor ("cpu", or "cuda" for a forward-only trace).
-        fast: the task's channels_last choice (``Trainer.fast``).
+        fast: the task's channels_last choice (``Trainer.channels_last``).
         mode: the ``FakeTensorMode`` the tensors belong to; call this outside it.
 
     The task is built on the meta device (a module of fake tensors can be neither moved nor

@@ -104,8 +104,8 @@ def _mixed_precision(device: torch.device) -> str:
     return f"bf16 autocast + channels_last ({device.type.upper()} has {unit})"
 
 
-def channels_last(device: torch.device, mixed_precision: bool) -> bool:
-    """Whether CNNs train in channels_last memory format (what tasks read as ``Trainer.fast``).
+def uses_channels_last(device: torch.device, mixed_precision: bool) -> bool:
+    """Whether CNNs train in channels_last memory format (what tasks read as ``Trainer.channels_last``).
 
     On with mixed precision (the bf16 and fp16 convolution kernels want it), and on a CPU in fp32 too:
     oneDNN runs fp32 convolutions on NCHW tensors by reordering them to its own layout and back
@@ -185,16 +185,16 @@ class Trainer:
             once per process). The maths is the same in fp32.
 
     ``task`` holds what the run kind supplies; ``model`` is its trained network. ``mixed_precision``
-    is the resolved ``fast``; the attribute ``fast`` is the layout tasks read: True = CNNs and their
-    views in channels_last (``channels_last``: with mixed precision, and on a CPU in fp32 too).
+    is the resolved ``fast``; ``channels_last`` is the layout tasks read: True = CNNs and their views
+    in channels_last (``uses_channels_last``: with mixed precision, and on a CPU in fp32 too).
     """
 
     def __init__(self, cfg, data: Data, device, teacher=None, fast: bool | str = "auto"):
         self.cfg, self.data, self.device = cfg, data, torch.device(device)
         self.recipe = r = cfg.recipe
         self.mixed_precision, choice = resolve_fast(fast, self.device, r.amp)
-        self.fast = channels_last(self.device, self.mixed_precision)
-        if self.fast and not self.mixed_precision:
+        self.channels_last = uses_channels_last(self.device, self.mixed_precision)
+        if self.channels_last and not self.mixed_precision:
             choice += ", channels_last (oneDNN's fp32 convolutions run faster on it)"
         if choice not in _FAST_ANNOUNCED and dist.is_main():
             _FAST_ANNOUNCED.add(choice)

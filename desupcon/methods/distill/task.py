@@ -122,14 +122,14 @@ class DistillationTask(Task):
         elif spec.needs_teacher:  # frozen teacher backbone (eval mode); its projection head adapts
             self.teacher = copy.deepcopy(teacher).eval().requires_grad_(False)
             fold_batchnorm(self.teacher.backbone)  # the same function, one pass fewer per layer
-            if trainer.fast:
+            if trainer.channels_last:
                 self.teacher = self.teacher.to(memory_format=torch.channels_last)
             self.teacher.head.requires_grad_(spec.teacher_keys)
             if spec.teacher_keys:  # under DDP its gradients are averaged over ranks like the student's
                 self.teacher_head = dist.wrap(self.teacher.head)
         if not spec.trains_head:  # cross-entropy runs never use the projection head
             self.model.head.requires_grad_(False)
-        if trainer.fast:
+        if trainer.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.bank = None
         if cfg.bank_k:
@@ -202,7 +202,7 @@ class DistillationTask(Task):
         cfg1, cfg2 = PRESETS[self.cfg.views_preset]
         mean, std = self.data.train.mean, self.data.train.std
         x1, x2 = (augment(images, c, mean, std, self.trainer.aug_gen) for c in (cfg1, cfg2))
-        if self.trainer.fast:
+        if self.trainer.channels_last:
             x1, x2 = x1.contiguous(memory_format=torch.channels_last), x2.contiguous(memory_format=torch.channels_last)
         return x1, x2
 
