@@ -1,7 +1,7 @@
 """The fp32 CPU path of ``desupcon.engine.Trainer`` trains in channels_last, and that changes nothing but rounding.
 
 oneDNN runs fp32 convolutions on NCHW tensors through reorders to its own layout and back;
-channels_last skips them (benchmarks/RESULTS.md: 1.2x on a ResNet-18 SupCon step, 1.5x on the
+channels_last skips them (benchmarks/RESULTS.md: 1.3x on a ResNet-18 SupCon step, 1.5x on the
 frozen ResNet-50's forward). These tests pin the choice and check that one step's loss and
 gradients equal those of the NCHW path to float tolerance, for a student alone (SupCon) and with
 a frozen teacher and a bank (LW-SupCRD), and that a channels_last run resumes bit-identically.

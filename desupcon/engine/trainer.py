@@ -110,7 +110,7 @@ def uses_channels_last(device: torch.device, mixed_precision: bool) -> bool:
     On with mixed precision (the bf16 and fp16 convolution kernels want it), and on a CPU in fp32 too:
     oneDNN runs fp32 convolutions on NCHW tensors by reordering them to its own layout and back
     around every convolution, which channels_last avoids (on a 2-core AMD EPYC, fp32: a CIFAR
-    ResNet-18 SupCon step 1.2x faster, a frozen ResNet-50's forward 1.5x; benchmarks/RESULTS.md).
+    ResNet-18 SupCon step 1.3x faster, a frozen ResNet-50's forward 1.5x; benchmarks/RESULTS.md).
     The same numbers up to float rounding (``tests/test_fast_cpu.py``). fp32 on a GPU stays NCHW.
 
     Args:
