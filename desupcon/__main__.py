@@ -34,8 +34,12 @@ def command_index() -> dict:
 
 
 def _check_run(run: str, overrides: list[str]) -> None:
-    """A mistyped run, key or value of a registry run answered from the index, before torch is imported."""
-    if not run.endswith((".yaml", ".yml")):
+    """A mistyped run, key or value of a registry run answered from the index, before torch is imported.
+
+    The index stands in for the method registry in a fresh process only: where the registry is already
+    loaded (``main`` called from a notebook, a test, or after a method was registered at run time), the
+    config build checks against the live registry at no extra cost."""
+    if not run.endswith((".yaml", ".yml")) and "desupcon.methods" not in sys.modules:
         from desupcon.core.cli_index import check_run
 
         check_run(command_index(), run, overrides)

@@ -103,7 +103,7 @@ def cuda_step(cfg, batch: int = BATCH):
     """
     fake = FakeTensorMode()
     with memory.traceable():
-        task, _ = memory.fake_task(cfg.with_batch(batch), CUDA, fast=True, mode=fake)
+        task, _ = memory.fake_task(cfg.with_batch(batch), CUDA, channels_last=True, mode=fake)
         task.trainer.aug_gen, task.trainer.order_gen = CudaGenerator(), CudaGenerator()
         task.begin_step(0, 1)  # MoCo-v3: the key encoder's momentum update runs in the step
         dtypes = []

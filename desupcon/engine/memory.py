@@ -106,7 +106,7 @@ def measure_step(cfg, batch: int) -> StepMemory:
     dtype = torch.bfloat16 if recipe.amp else None
     with traceable(), warnings.catch_warnings():
         warnings.filterwarnings("ignore", "Module is None", UserWarning)  # MemTracker on a module freed in backward
-        task, data = fake_task(cfg, torch.device("cpu"), fast=recipe.amp, mode=fake)
+        task, data = fake_task(cfg, torch.device("cpu"), channels_last=recipe.amp, mode=fake)
         with fake:
             optimizer = build_optimizer(recipe, task.parameters(), torch.device("cuda"))  # fused, as on a GPU
             tracker = _Tracker()
@@ -217,13 +217,13 @@ def traceable():
         yield
 
 
-def fake_task(cfg, device: torch.device, fast: bool, mode: FakeTensorMode):
+def fake_task(cfg, device: torch.device, channels_last: bool, mode: FakeTensorMode):
     """The task of ``cfg`` holding fake tensors of ``mode`` on ``device``, and its fake data.
 
     Args:
         cfg: a run's config (one process: its batch is the per-process batch).
         device: the fake device of every tensor ("cpu", or "cuda" for a forward-only trace).
-        fast: the task's channels_last choice (``Trainer.channels_last``).
+        channels_last: the layout the task's CNNs train in, as ``Trainer.channels_last`` (on a GPU: with amp).
         mode: the ``FakeTensorMode`` the tensors belong to; call this outside it.
 
     The task is built on the meta device (a module of fake tensors can be neither moved nor
@@ -233,7 +233,7 @@ def fake_task(cfg, device: torch.device, fast: bool, mode: FakeTensorMode):
     run (a memory bank's size is what counts, not its contents). The dataset has the shape of
     ``dataset_shape(cfg)``.
 
-    Returns ``(task, data)``; the task's trainer is a stand-in holding ``cfg``, ``data``, ``fast``
+    Returns ``(task, data)``; the task's trainer is a stand-in holding ``cfg``, ``data``, ``channels_last``
     and the generators ``aug_gen`` and ``order_gen`` (CPU ``torch.Generator``s; replace them
     for a fake CUDA device).
     """
@@ -243,7 +243,7 @@ def fake_task(cfg, device: torch.device, fast: bool, mode: FakeTensorMode):
     data = Data(*(ImageDataset(cfg.dataset, torch.empty(n, 3, side, side, dtype=torch.uint8, device=meta),
                                torch.zeros(n, dtype=torch.long, device=meta), classes, (0.5,) * 3, (0.25,) * 3)
                   for n in (num_train, num_test)))
-    trainer = SimpleNamespace(cfg=cfg, data=data, device=meta, fast=fast, aug_gen=None, order_gen=None)
+    trainer = SimpleNamespace(cfg=cfg, data=data, device=meta, channels_last=channels_last, aug_gen=None, order_gen=None)
     task_class = task_for(cfg)
     with meta, contextlib.redirect_stdout(io.StringIO()):  # the real run printed what building it prints
         task = task_class(trainer, task_class.untrained_teacher(cfg, classes))
