@@ -51,7 +51,6 @@ from __future__ import annotations
 import argparse
 import copy
 import importlib.util
-import json
 import os
 import statistics
 import time
@@ -68,7 +67,7 @@ from desupcon.images.datasets import CIFAR_MEAN_STD, load_splits
 from desupcon.methods.ssl.config import load_config
 from desupcon.nn.models import CifarResNet, ModelWrapper, fold_batchnorm
 from desupcon.study.profiles import CONFIGS, PROFILES
-from machine import cpu_flags, fp32_peak, load_average, matmul_gflops
+from machine import cpu_flags, fp32_peak, load_average, matmul_gflops, write_json
 
 COMPARISONS = ("supcon", "lw_supcrd", "moco")
 ABLATIONS = ("channels_last", "teacher", "threads", "compile")
@@ -530,10 +529,7 @@ def main():
         out["results"][name] = results
         del sides, built
     print(f"\nload average {load_average():.2f} at the end")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(out, indent=2) + "\n")
-        print(f"wrote {args.json}")
+    write_json(args.json, out)
 
 
 if __name__ == "__main__":

@@ -32,7 +32,6 @@ import copy
 import gc
 import importlib.util
 import itertools
-import json
 import os
 import platform
 import statistics
@@ -55,7 +54,7 @@ from desupcon.nn.banks import MomentumMemoryBank
 from desupcon.nn.losses import lw_supcrd_loss
 from desupcon.nn.models import ModelWrapper, build_model
 from desupcon.study.profiles import PROFILES
-from machine import cpu_model
+from machine import cpu_model, write_json
 
 RECIPE = PROFILES["cifar100"]  # the write-ups' recipe: architectures, batch, epochs, bank
 NUM_CLASSES = 100
@@ -465,10 +464,7 @@ def main():
     results = measure(args)
     summarize(results, args.batch_size)
     report(results, args)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
-        print(f"wrote {args.json}")
+    write_json(args.json, results)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """What the benchmarks record of the machine they ran on: CPU model, SIMD flags, clock, nominal and measured
 fp32 peak, load."""
 
+import json
 import os
 import platform
 import time
@@ -71,3 +72,11 @@ def matmul_gflops(side: int = 2048, repeats: int = 5) -> float:
         torch.mm(a, b)
         best = min(best, time.perf_counter() - start)
     return 2 * side ** 3 / best / 1e9
+
+
+def write_json(path: Path | None, figures: dict) -> None:
+    """Write ``figures`` to ``path`` (``--json``; its folder made) and say so; nothing where ``path`` is None."""
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(figures, indent=2) + "\n")
+        print(f"wrote {path}")

@@ -4,16 +4,13 @@ oneDNN runs fp32 convolutions on NCHW tensors through reorders to its own layout
 channels_last skips them (benchmarks/RESULTS.md: 1.3x on a ResNet-18 SupCon step, 1.5x on the
 frozen ResNet-50's forward). These tests pin the choice and check that one step's loss and
 gradients equal those of the NCHW path to float tolerance, for a student alone (SupCon) and with
-a frozen teacher and a bank (LW-SupCRD), and that a channels_last run resumes bit-identically.
+a frozen teacher and a bank (LW-SupCRD); ``tests/test_fast_path.py`` resumes it bit-identically.
 """
 
 from __future__ import annotations
 
-import io
-
 import pytest
 import torch
-from tqdm import tqdm
 
 from desupcon.images.datasets import Data, ImageDataset, load_splits
 from desupcon.engine.trainer import Trainer, uses_channels_last
@@ -28,13 +25,7 @@ METHODS = {"supcon": {}, "lw_supcrd": dict(bank_k=16)}
 RTOL = 1e-5  # relative error of the whole loss and gradient vectors
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One thread: nothing to gain at these sizes, and no OpenMP barrier stalls on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one thread, no OpenMP stalls on shared cores
 
 
 @pytest.fixture(scope="module")
@@ -107,23 +98,3 @@ def test_channels_last_step_equals_nchw_to_float_tolerance(method, data, teacher
     assert grads_nchw.norm() > 0
     assert relative_error(loss_cl, loss_nchw) < RTOL
     assert relative_error(grads_cl, grads_nchw) < RTOL
-
-
-@pytest.mark.slow
-def test_fp32_channels_last_resume_is_bit_identical(data, teacher):
-    """An fp32 channels_last run stopped after epoch 1 and resumed from its checkpoint in a new Trainer
-    ends exactly where two epochs straight end (the optimiser state keeps its layout through torch.save)."""
-    make = lambda: fp32_trainer("lw_supcrd", data, teacher, epochs=2)
-    epoch = lambda t, e: {k: v for k, v in t.epoch(e, "fast_cpu_resume", tqdm(disable=True)).items() if k != "seconds"}
-    straight = make()
-    straight_log = [epoch(straight, 0), epoch(straight, 1)]
-    stopped = make()
-    first = epoch(stopped, 0)
-    checkpoint = io.BytesIO()
-    torch.save(stopped.state_dict(), checkpoint)
-    checkpoint.seek(0)
-    resumed = make()
-    resumed.load_state_dict(torch.load(checkpoint, weights_only=True))
-    assert [first, epoch(resumed, 1)] == straight_log
-    for name, value in straight.model.state_dict().items():
-        assert torch.equal(resumed.model.state_dict()[name], value), name

@@ -59,15 +59,7 @@ def no_host_reads():
         yield
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Networks this small gain nothing from a second thread, and one thread cannot stall in an
-    OpenMP barrier when other processes share the cores (on a busy 2-core machine two threads
-    made these tests about 8x slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one thread, no OpenMP stalls on shared cores
 
 
 @pytest.fixture(scope="module")
@@ -190,15 +182,18 @@ def _assert_bitwise_equal(a, b, where: str):
 
 
 @pytest.mark.slow
-def test_fast_auto_resume_is_bit_identical(data, teacher):
-    """Under fast="auto" (bf16 here if this CPU has AMX or AVX-512 BF16, else fp32), training stopped after
-    epoch 1 and resumed from its checkpoint in a new Trainer ends exactly where two epochs straight end."""
+@pytest.mark.parametrize("fast", ["auto", False])
+def test_resume_is_bit_identical(data, teacher, fast):
+    """Under fast="auto" (bf16 here if this CPU has AMX or AVX-512 BF16, else fp32) and in fp32 (channels_last
+    on a CPU: the optimiser state keeps its layout through torch.save), training stopped after epoch 1 and
+    resumed from its checkpoint in a new Trainer ends exactly where two epochs straight end."""
     cfg = SMOKE.student_config("lw_supcrd", width=4, batch_size=BATCH, epochs=2, bank_k=32)
-    make = lambda: Trainer(cfg, data, CPU, teacher, fast="auto")
-    epoch = lambda t, e: {k: v for k, v in t.epoch(e, "fast_auto_resume", tqdm(disable=True)).items() if k != "seconds"}
+    make = lambda: Trainer(cfg, data, CPU, teacher, fast=fast)
+    epoch = lambda t, e: {k: v for k, v in t.epoch(e, "fast_resume", tqdm(disable=True)).items() if k != "seconds"}
 
     straight = make()
-    assert straight.autocast_dtype == (torch.bfloat16 if native_bf16(CPU) else None)
+    bf16 = fast == "auto" and native_bf16(CPU)
+    assert straight.autocast_dtype == (torch.bfloat16 if bf16 else None) and straight.channels_last
     straight_log = [epoch(straight, 0), epoch(straight, 1)]
 
     stopped = make()
