@@ -54,7 +54,7 @@ def test_ctrl_c_says_in_one_line_where_the_run_resumes(tmp_path, monkeypatch, ca
     name = SMOKE.student_config("undistilled", **TINY).name
     assert f"[interrupted] {name}: the last good checkpoint" in captured.out and "(epoch 1)" in captured.out
     assert "Traceback" not in captured.err
-    assert captured.err.strip().splitlines()[-1].startswith("interrupted: nothing finished is lost; rerun the same")
+    assert captured.err.strip().splitlines()[-1].startswith("[interrupted] nothing finished is lost; rerun the same")
     monkeypatch.setattr(engine.Trainer, "epoch", real_epoch)
     assert main(["train", "undistilled", "--profile", "smoke", "--set", *overrides]) == 0
     assert f"[resume] {name}: from epoch 1 of 2" in capsys.readouterr().out

@@ -154,19 +154,24 @@ def _kill_and_resume(cfg, n_train, home: Path, rng: random.Random, tmp_path: Pat
 
 
 @pytest.mark.parametrize("method", ["undistilled", "lw_supcrd"])
-def test_resume_after_sigkill_is_bit_identical(method, smoke_home, tmp_path, monkeypatch):
+def test_resume_after_sigkill_is_bit_identical(method, tmp_path, monkeypatch):
     n_train = 384  # 6 steps of 64 per epoch
     if method == "undistilled":
         cfg = SMOKE.student_config("undistilled", epochs=3, probe_iterations=2)
     else:  # a memory bank (its state is part of the checkpoint) and the adapting teacher head
         cfg = SMOKE.student_config("lw_supcrd", epochs=3, probe_iterations=2, bank_k=32, temperature=0.1)
+    teachers = tmp_path / "teachers"
+    if cfg.teacher is not None:  # teacher + projection head on the same images (a run's inputs are its whole chain's)
+        with monkeypatch.context() as mp:
+            mp.setenv("DESUPCON_HOME", str(teachers))
+            train(cfg.teacher, data=small_data(n_train))
     homes = {}
     for kind in ("reference", "killed"):
         homes[kind] = tmp_path / kind
-        if cfg.teacher is not None:  # copy the session's teacher + projection head (never retrained here)
+        if cfg.teacher is not None:  # a copy of both in each home (never retrained there)
             (homes[kind] / "pth_models").mkdir(parents=True)
             for t in (cfg.teacher.teacher, cfg.teacher):
-                shutil.copy(Path(smoke_home) / "pth_models" / f"{t.name}.pth", homes[kind] / "pth_models")
+                shutil.copy(teachers / "pth_models" / f"{t.name}.pth", homes[kind] / "pth_models")
 
     # the uninterrupted reference, alongside and also in a fresh process (same code, same settings)
     args, env = _runner(cfg, n_train, homes["reference"], tmp_path)

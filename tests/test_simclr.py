@@ -130,4 +130,4 @@ def test_simclr_resumes_bit_identically_and_is_drawn_under_its_name(trained, mon
     paths = draw_run(resumed, kinds=("curves", "hypersphere"))
     assert paths == {k: v for k, v in figure_paths(cfg.name).items() if k in ("curves", "hypersphere")}
     page = paths["hypersphere"].read_text()
-    assert r'"text":"SimCLR resnet18 \u00b7 digits test split (simclr_smoke, seed 42)"' in page and "MoCo" not in page
+    assert r'"text":"SimCLR resnet18 \u00b7 digits test split (simclr_smoke, seed 42)' in page and "MoCo" not in page
