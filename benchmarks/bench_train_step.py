@@ -437,10 +437,10 @@ def report(results: dict, args) -> None:
                  (f"minutes/config ({RECIPE.student_epochs} epochs)", "{:.1f}", "config_minutes"),
                  (f"minutes, {STUDY_STUDENT_RUNS} student runs", "{:.0f}", "students_minutes"),
                  ("peak memory (GiB)", "{:.2f}", "peak_memory_gib")]
-    print(f"\n{'':30s}{'desupcon':>14s}{'write-up-style':>14s}{'ratio':>10s}")
+    print(f"\n{'':30s}{'desupcon':>14s}{'write-up-style':>16s}{'ratio':>10s}")
     for label, fmt, key in rows:
         ratio = writeup[key] / ours[key] if key == "seconds_per_step" else ours[key] / writeup[key]
-        print(f"{label:30s}{fmt.format(ours[key]):>14s}{fmt.format(writeup[key]):>14s}{ratio:>9.2f}x")
+        print(f"{label:30s}{fmt.format(ours[key]):>14s}{fmt.format(writeup[key]):>16s}{ratio:>9.2f}x")
     if "study" in results:
         peak = env["gpu_peak_bf16_tflops"]
         share = f"{100 * ours['share_of_peak']:.1f}% of its {peak} TFLOP/s dense bf16 peak" if peak else "peak unknown"
