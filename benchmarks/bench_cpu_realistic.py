@@ -30,7 +30,7 @@ Comparisons (``--compare``, default all; each side in this one process, rounds i
                  the steady step, and the steps it needs to pay back, against a smoke run's length.
 
 Method: each side is built from the same seed; one untimed step under ``FlopCounterMode`` warms it up
-and counts its FLOPs; then ``--rounds`` rounds of ``--steps`` steps per side, interleaved so that load
+and counts its FLOPs, and one more untimed round lets DataLoader workers fill their prefetch queues; then ``--rounds`` rounds of ``--steps`` steps per side, interleaved so that load
 from other processes falls on both alike. Each window's seconds per step and the 1-minute load
 average at its end are printed; the report gives each side's median, images/s, the ratio of the
 medians and the median of the per-round ratios (a round's two windows are adjacent in time, so a
@@ -121,8 +121,9 @@ def count_flops(step) -> int:
 
 def interleaved(sides: dict, rounds: int, steps: int, flops: bool = True) -> dict:
     """Warm up each of ``sides`` (name -> step callable) once, counting its FLOPs if ``flops`` (default: True;
-    False for a compiled step, which a dispatch mode would disturb), then time ``rounds`` rounds of ``steps``
-    steps of every side in turn; returns per side its FLOPs per step (0 = not counted), the warm-up's
+    False for a compiled step, which a dispatch mode would disturb), run one untimed round (else the
+    prefetching a DataLoader side starts after its warm-up would fall in the next side's first window),
+    then time ``rounds`` rounds of ``steps`` steps of every side in turn; returns per side its FLOPs per step (0 = not counted), the warm-up's
     seconds, every window's seconds per step and load average, and the median seconds per step."""
     results = {}
     for name, step in sides.items():
@@ -134,6 +135,8 @@ def interleaved(sides: dict, rounds: int, steps: int, flops: bool = True) -> dic
             counted = 0
         results[name] = {"flops": counted, "first_step_s": time.perf_counter() - start, "windows": [], "loads": []}
         print(f"  {name}: warm-up step {results[name]['first_step_s']:.1f} s", flush=True)
+    for step in sides.values():  # untimed: a DataLoader side's workers fill their prefetch queue meanwhile
+        step()
     for r in range(rounds):
         for name, step in sides.items():
             start = time.perf_counter()
