@@ -30,6 +30,7 @@ from desupcon.engine import memory
 from desupcon.methods.ssl.config import load_config
 from desupcon.study.profiles import PROFILES
 from desupcon.study.train import pretrain, train
+from test_sources_integrity import one_line_error
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 CLASSES = ("disc", "bars", "text", "noise")
@@ -105,13 +106,6 @@ def entry_of(root: Path, title: str, split: str, side: int = SIDE) -> Prepared:
 
     folder, = (root / "prepared").glob(f"{title}-{split}-{side}px-*")
     return Prepared(folder, read_json(folder / "manifest.json"))
-
-
-def one_line_error(argv, capsys) -> str:
-    assert main(argv) == 2
-    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
-    assert len(err) == 1
-    return err[0]
 
 
 # --- the prepared cache --------------------------------------------------------------------------

@@ -30,6 +30,7 @@ from desupcon.core.errors import DatasetUnavailableError
 from desupcon.images.datasets import Data, builtin_split, prepare_data
 from desupcon.images.prepared import NPY_HEADER, Prepared, checksum, entry_folder, prepare
 from desupcon.images.sources import in_holdout, resolve
+from test_sources_integrity import one_line_error
 
 REPO = Path(__file__).resolve().parents[1]
 SIDE = 8  # the side the tests store images at
@@ -84,13 +85,6 @@ def flip(path: Path, positions) -> None:
             byte = f.read(1)
             f.seek(position % size)
             f.write(bytes([byte[0] ^ 0xFF]))
-
-
-def one_line_error(argv, capsys) -> str:
-    assert main(argv) == 2
-    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
-    assert len(err) == 1
-    return err[0]
 
 
 # --- the check when an entry is opened ---------------------------------------------------------------
